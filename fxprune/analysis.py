@@ -1,0 +1,266 @@
+"""analyze(): run the op rules over a traced graph and read off the pruning groups.
+
+Never mutates the model. Ops without a rule become barriers: their dims are
+frozen and a warning lists the groups they froze.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable, Sequence
+
+import networkx as nx
+import numpy as np
+import torch
+import torch.fx as fx
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from torch.fx.passes.shape_prop import TensorMetadata
+
+from .channel_graph import ChannelGraph, FrozenGroup, Group, Member, _readonly
+from .elements import ElementSpace, Freeze, TensorRef
+from .errors import FxPruneError
+from .rules import RuleContext, rule_for
+from .trace import trace
+
+__all__ = ["analyze", "resolve_ignore", "graph_signature"]
+
+
+class _Params:
+    """Canonical names of parameters and buffers (shared tensors get one name)."""
+
+    def __init__(self, gm: fx.GraphModule, space: ElementSpace):
+        self.space = space
+        self.canon: dict[str, str] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
+        first: dict[int, str] = {}
+        for prefix, named in (("p", gm.named_parameters(remove_duplicate=False)),
+                              ("b", gm.named_buffers(remove_duplicate=False))):
+            for name, t in named:
+                key = first.setdefault(id(t), f"{prefix}:{name}")
+                self.canon[name] = key
+                self.tensors[key] = t
+
+    def ref(self, qualname: str) -> TensorRef | None:
+        key = self.canon.get(qualname)
+        if key is None:
+            return None
+        return self.space.tensor(key, tuple(self.tensors[key].shape))
+
+
+def _output_refs(space: ElementSpace, node: fx.Node) -> list[TensorRef | None]:
+    meta = node.meta.get("tensor_meta")
+    if isinstance(meta, TensorMetadata):
+        return [space.tensor(f"n:{node.name}", tuple(meta.shape))]
+    if isinstance(meta, (list, tuple)):
+        return [space.tensor(f"n:{node.name}.{k}", tuple(m.shape)) if isinstance(m, TensorMetadata)
+                else None for k, m in enumerate(meta)]
+    return []
+
+
+def _flat_nodes(value: Any) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg(value, lambda n: out.append(n))
+    return out
+
+
+def _run_node(space, node, refs, params, gm) -> None:
+    ctx_refs = lambda n: [r for r in refs.get(n.name, []) if r is not None]  # noqa: E731
+    if node.op == "placeholder":
+        for r in ctx_refs(node):
+            space.freeze_all(r, "graph input", node.name, "boundary")
+        return
+    if node.op == "output":
+        for n in _flat_nodes(node.args):
+            for r in ctx_refs(n):
+                space.freeze_all(r, "graph output", node.name, "boundary")
+        return
+    if node.op == "get_attr":
+        p = params.ref(node.target)
+        for r in ctx_refs(node):
+            if p is not None:
+                space.couple_all(r, p, node.name)
+        return
+    src = node.args[0] if node.args else None
+    if (node.op == "call_function" and node.target.__name__ == "getitem"
+            and isinstance(src, fx.Node) and len(refs.get(src.name, [])) != 1):
+        parts, out = refs.get(src.name, []), ctx_refs(node)
+        idx = node.args[1]
+        if isinstance(idx, int) and idx < len(parts) and parts[idx] is not None and out:
+            space.couple_all(parts[idx], out[0], node.name)
+        return
+    module = gm.get_submodule(node.target) if node.op == "call_module" else None
+    rule = rule_for(node.op, node.target, module)
+    ctx = RuleContext(space, node, refs, module, params.ref)
+    if rule is None:
+        _barrier(space, node, refs, module, "no rule for this op")
+        return
+    try:
+        rule(ctx)
+    except Exception as e:  # a rule that cannot read this node must not guess either
+        _barrier(space, node, refs, module, f"rule failed: {type(e).__name__}: {e}")
+
+
+def _barrier(space, node, refs, module, why: str) -> None:
+    what = type(module).__name__ if module is not None else getattr(node.target, "__name__", node.target)
+    reason = f"{why} ({node.op} {what}); add a rule or mark it ignored"
+    for n in node.all_input_nodes + [node]:
+        for r in refs.get(n.name, []):
+            if r is not None:
+                space.freeze_all(r, reason, node.name, "barrier")
+
+
+def graph_signature(gm: fx.GraphModule) -> tuple[str, ...]:
+    """One line per node: enough to tell two architectures apart."""
+    lines = []
+    for n in gm.graph.nodes:
+        meta = n.meta.get("tensor_meta")
+        shape = list(meta.shape) if isinstance(meta, TensorMetadata) else ""
+        target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+        extra = type(gm.get_submodule(n.target)).__name__ if n.op == "call_module" else ""
+        lines.append(f"{n.name}|{n.op}|{target}|{extra}|{shape}")
+    return tuple(lines)
+
+
+def resolve_ignore(model: torch.nn.Module, ignore: Iterable) -> set[str]:
+    """Qualified parameter names of the ignored modules / parameters / names."""
+    names: dict[int, str] = {id(m): n for n, m in model.named_modules()}
+    pnames: dict[int, str] = {id(p): n for n, p in model.named_parameters()}
+    out: set[str] = set()
+    for item in ignore or ():
+        if isinstance(item, torch.nn.Module):
+            if id(item) not in names:
+                raise FxPruneError(f"ignore: module {type(item).__name__} is not part of the model")
+            prefix = names[id(item)]
+        elif isinstance(item, torch.nn.Parameter):
+            if id(item) not in pnames:
+                raise FxPruneError("ignore: parameter is not part of the model")
+            out.add(pnames[id(item)])
+            continue
+        elif isinstance(item, str):
+            if item not in dict(model.named_modules()) and item not in dict(model.named_parameters()):
+                raise FxPruneError(f"ignore: {item!r} names no module or parameter of the model")
+            prefix = item
+        else:
+            raise FxPruneError(f"ignore: entries must be modules or names, got {type(item).__name__}")
+        for pn, _ in model.named_parameters():
+            if pn == prefix or pn.startswith(prefix + ".") or not prefix:
+                out.add(pn)
+    return out
+
+
+def analyze(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    ignore: Sequence = (),
+    leaf_modules: Sequence = (),
+    concrete_args: dict | None = None,
+    warn: bool = True,
+) -> ChannelGraph:
+    """Trace ``model`` and find its pruning groups. Never mutates the model."""
+    ignored = resolve_ignore(model, ignore)
+    gm = trace(model, example_inputs, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    space = ElementSpace()
+    params = _Params(gm, space)
+    refs: dict[str, list[TensorRef | None]] = {}
+    for node in gm.graph.nodes:
+        refs[node.name] = _output_refs(space, node)
+        _run_node(space, node, refs, params, gm)
+    for ref in list(space.refs.values()):
+        for d in range(ref.ndim):
+            if (ref.key, d) not in space.touched:
+                space.freeze(ref, d, "coupled by no rule", ref.key[2:], "uncoupled")
+    aliases: dict[str, tuple[str, ...]] = {}
+    for name, key in params.canon.items():
+        aliases[key] = aliases.get(key, ()) + (name,)
+    cg = _groups(gm, space, ignored, aliases)
+    if warn:
+        _warn_barriers(cg)
+    return cg
+
+
+def _labels(space: ElementSpace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = space.size
+    a = np.concatenate(space.link_a) if space.link_a else np.zeros(0, np.int64)
+    b = np.concatenate(space.link_b) if space.link_b else np.zeros(0, np.int64)
+    graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(n, n))
+    ncomp, lab = connected_components(graph, directed=False)
+    frozen = np.zeros(ncomp, bool)
+    if space.frozen_ids:
+        frozen[lab[np.concatenate(space.frozen_ids)]] = True
+    owns_param = np.zeros(ncomp, bool)
+    first = np.full(ncomp, n, np.int64)
+    np.minimum.at(first, lab, np.arange(n))
+    for ref in space.refs.values():
+        if ref.key[0] == "p":
+            for d in range(ref.ndim):
+                owns_param[lab[ref.ids(d)]] = True
+    return lab, frozen | ~owns_param, first
+
+
+def _groups(gm: fx.GraphModule, space: ElementSpace, ignored: set[str],
+            aliases: dict[str, tuple[str, ...]]) -> ChannelGraph:
+    lab, frozen, first = _labels(space)
+    g = nx.Graph()
+    for key, d in space.touched:
+        g.add_node((key, d), size=space.refs[key].shape[d])
+    for u, v, kind in space.dim_edges:
+        g.add_edge(u, v, kind=kind)
+    freezes_by_dim: dict[tuple[str, int], list[Freeze]] = {}
+    for f in space.freezes:
+        freezes_by_dim.setdefault((f.key, f.dim), []).append(f)
+    groups, frozen_groups = [], []
+    for comp in nx.connected_components(g):
+        dims = sorted(comp, key=lambda kd: space.refs[kd[0]].base[kd[1]])
+        if not any(k[0] == "p" for k, _ in dims):
+            continue
+        reasons = tuple(f for kd in dims for f in freezes_by_dim.get(kd, ()))
+        if reasons and all(f.kind == "structural" for f in reasons):
+            continue  # kernel taps, spatial dims: never channels
+        pdims = [kd for kd in dims if kd[0][0] == "p"]
+        gid = f"{pdims[0][0][2:]}:{pdims[0][1]}"
+        hit = sorted({k[2:] for k, _ in pdims} & ignored)
+        if hit:
+            reasons = (Freeze(pdims[0][0], pdims[0][1], f"ignored by the user ({hit[0]})",
+                              hit[0], "ignored"),) + reasons
+            frozen_groups.append(FrozenGroup(gid, tuple(f"{k[2:]}:{d}" for k, d in dims), reasons))
+            continue
+        group = _make_group(gid, dims, space, lab, frozen, first, reasons)
+        if group is None:
+            frozen_groups.append(FrozenGroup(gid, tuple(f"{k[2:]}:{d}" for k, d in dims), reasons))
+        else:
+            groups.append(group)
+    dim_sizes = {kd: space.refs[kd[0]].shape[kd[1]] for kd in space.touched}
+    return ChannelGraph(gm, tuple(groups), tuple(frozen_groups), g, graph_signature(gm), dim_sizes,
+                        aliases)
+
+
+def _make_group(gid, dims, space, lab, frozen, first, reasons) -> Group | None:
+    per_dim = []
+    for key, d in dims:
+        ids = space.refs[key].ids(d)
+        labels = lab[ids]
+        keep = ~frozen[labels]
+        per_dim.append((key, d, ids.size, np.nonzero(keep)[0], labels[keep]))
+    all_labels = np.unique(np.concatenate([p[4] for p in per_dim]))
+    if all_labels.size == 0:
+        return None
+    order = all_labels[np.argsort(first[all_labels], kind="stable")]
+    unit_of = {int(label): i for i, label in enumerate(order)}
+    lookup = np.vectorize(unit_of.__getitem__, otypes=[np.int64])
+    members = []
+    for key, d, length, idx, labels in per_dim:
+        if idx.size:
+            members.append(Member(key, d, length, _readonly(idx), _readonly(lookup(labels))))
+    mixing = any((key, d) in space.mixing for key, d in dims)
+    return Group(gid, len(order), tuple(members), mixing, reasons)
+
+
+def _warn_barriers(cg: ChannelGraph) -> None:
+    blocked = [fg for fg in cg.frozen if fg.barrier]
+    if blocked:
+        lines = "\n".join(f"  {fg.id}: {fg.describe()}" for fg in blocked[:10])
+        more = f"\n  ... and {len(blocked) - 10} more" if len(blocked) > 10 else ""
+        warnings.warn(
+            f"fxprune: {len(blocked)} group(s) frozen by ops without a rule; they will not be "
+            f"pruned:\n{lines}{more}", stacklevel=3)

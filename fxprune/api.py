@@ -1,0 +1,143 @@
+"""The public entry points: prune, apply_plan, dead_channel_plan."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from .analysis import analyze
+from .channel_graph import ChannelGraph
+from .count import Counts, count
+from .criteria import CriterionOutput, get_criterion
+from .plan import PruningPlan
+from .select import bisect_budget, check_ratio, make_plan, select_by_ratio, select_global
+
+__all__ = ["PruneResult", "prune", "apply_plan", "dead_channel_plan"]
+
+
+@dataclass
+class PruneResult:
+    """The pruned module, the plan that made it, and the analysis it came from."""
+
+    module: fx.GraphModule
+    plan: PruningPlan
+    graph: ChannelGraph = field(repr=False)
+    example_inputs: Any = field(default=None, repr=False)
+
+    def counts(self) -> Counts:
+        return count(self.module, self.example_inputs)
+
+
+def _shrink(cg: ChannelGraph, plan: PruningPlan, weight_updates: Mapping | None = None) -> fx.GraphModule:
+    from fxprune.passes.shrink import shrink
+
+    gm = shrink(cg, plan)
+    if weight_updates:
+        with torch.no_grad():
+            for name, value in weight_updates.items():
+                gm.get_parameter(name).copy_(value)
+    return gm
+
+
+def _scores(cg, model, criterion, calibration, kw) -> CriterionOutput:
+    out = get_criterion(criterion)(cg, model=model, calibration=calibration, **kw)
+    return out if isinstance(out, CriterionOutput) else CriterionOutput(scores=out)
+
+
+def prune(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    ratio: float | Mapping[str, float] = 0.5,
+    criterion: str = "l1",
+    *,
+    ignore: Iterable = (),
+    global_ranking: bool = False,
+    round_to: int = 1,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    calibration: Iterable | None = None,
+    leaf_modules: Sequence = (),
+    **criterion_kwargs: Any,
+) -> PruneResult:
+    """Score units with ``criterion``, pick the least important, shrink.
+
+    ``ratio``: fraction of units removed per group (a dict gives per-group
+    ratios), or the global fraction with ``global_ranking=True``.
+    ``target_macs``/``target_params``: keep at most this fraction of the
+    original MACs/params (global ranking, bisection on the ratio, within 2%).
+    """
+    if not isinstance(ratio, Mapping):
+        check_ratio(ratio)
+    if round_to < 1:
+        raise ValueError(f"round_to must be >= 1, got {round_to}")
+    cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules)
+    out = _scores(cg, model, criterion, calibration, criterion_kwargs)
+    settings = {"ratio": ratio if not isinstance(ratio, Mapping) else dict(ratio),
+                "global_ranking": global_ranking, "round_to": round_to,
+                **{k: v for k, v in criterion_kwargs.items() if isinstance(v, (int, float, str, bool))}}
+    if out.removed is not None:
+        removed = out.removed
+    elif target_macs is not None or target_params is not None:
+        removed = _budget(cg, out.scores, example_inputs, target_macs, target_params, round_to)
+        settings.update(target_macs=target_macs, target_params=target_params)
+    elif global_ranking and not isinstance(ratio, Mapping):
+        removed = select_global(cg, out.scores, ratio, round_to)
+    else:
+        removed = select_by_ratio(cg, out.scores, ratio, round_to)
+    plan = make_plan(cg, removed, criterion, settings)
+    plan = PruningPlan(**{**plan.__dict__, "removed_blocks": tuple(out.removed_blocks)})
+    return PruneResult(_shrink(cg, plan, out.weight_updates), plan, cg, example_inputs)
+
+
+def _budget(cg, scores, example_inputs, target_macs, target_params, round_to) -> dict:
+    if target_macs is not None and target_params is not None:
+        raise ValueError("give target_macs or target_params, not both")
+    target = target_macs if target_macs is not None else target_params
+    if not 0 < target <= 1:
+        raise ValueError(f"target must be in (0, 1], got {target}")
+    from .count import macs_of_graph
+
+    full = count(cg.gm, example_inputs)
+    base = full.macs if target_macs is not None else full.params
+
+    def measure(r: float) -> float:
+        gm = _shrink(cg, make_plan(cg, select_global(cg, scores, r, round_to), "budget", {}))
+        value = macs_of_graph(_retrace(gm, example_inputs)) if target_macs is not None else \
+            sum(p.numel() for p in gm.parameters())
+        return value / base
+
+    r = bisect_budget(measure, target)
+    return select_global(cg, scores, r, round_to)
+
+
+def _retrace(gm: fx.GraphModule, example_inputs: Any) -> fx.GraphModule:
+    from .trace import trace
+
+    return trace(gm, example_inputs)
+
+
+def apply_plan(model: torch.nn.Module, example_inputs: Any, plan: PruningPlan, *,
+               ignore: Iterable = (), leaf_modules: Sequence = ()) -> PruneResult:
+    """Replay a saved plan on a fresh model of the same architecture."""
+    cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, warn=False)
+    return PruneResult(_shrink(cg, plan), plan, cg, example_inputs)
+
+
+def dead_channel_plan(model: torch.nn.Module, example_inputs: Any, fraction: float = 0.5, seed: int = 0,
+                      *, ignore: Iterable = (), exact_only: bool = True) -> PruneResult:
+    """Prune a random ``fraction`` of units in every group (exact groups only by
+    default): pair with verify() for the dead-channel equivalence test."""
+    cg = analyze(model, example_inputs, ignore=ignore, warn=False)
+    rng = np.random.default_rng(seed)
+    removed = {}
+    for g in cg.groups:
+        if exact_only and g.mixing:
+            continue
+        n = min(g.size - 1, int(round(g.size * fraction)))
+        if n > 0:
+            removed[g.id] = sorted(rng.choice(g.size, n, replace=False).tolist())
+    plan = make_plan(cg, removed, "dead-channel", {"fraction": fraction, "seed": seed})
+    return PruneResult(_shrink(cg, plan), plan, cg, example_inputs)

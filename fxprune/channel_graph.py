@@ -1,0 +1,136 @@
+"""ChannelGraph: the immutable result of the channel-dependency analysis.
+
+``groups`` are the prunable groups: sets of coupled tensor dims whose units
+(connected components of the element link graph) must be removed together.
+``frozen`` lists groups that cannot be pruned and why. ``graph`` is the
+networkx graph of tensor dims the groups were read from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import networkx as nx
+import numpy as np
+import torch.fx as fx
+
+from .elements import Freeze
+
+__all__ = ["ChannelGraph", "Group", "Member", "FrozenGroup"]
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tensor dim of a group; ``index[k]`` belongs to unit ``unit[k]``."""
+
+    key: str  # "n:<node>" | "p:<param>" | "b:<buffer>"
+    dim: int
+    length: int
+    index: np.ndarray
+    unit: np.ndarray
+
+    @property
+    def kind(self) -> str:
+        return {"n": "node", "p": "param", "b": "buffer"}[self.key[0]]
+
+    @property
+    def name(self) -> str:
+        return self.key[2:]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of coupled dims; unit ``i`` owns the entries ``slices(i)``."""
+
+    id: str
+    size: int
+    members: tuple[Member, ...]
+    mixing: bool = False
+    frozen_reasons: tuple[Freeze, ...] = ()
+
+    def _select(self, i: int, kinds: tuple[str, ...]) -> list[tuple[str, int, list[int]]]:
+        if not 0 <= i < self.size:
+            raise IndexError(f"group {self.id} has {self.size} units, asked for unit {i}")
+        out = []
+        for m in self.members:
+            if m.kind in kinds:
+                idx = m.index[m.unit == i]
+                if idx.size:
+                    out.append((m.name, m.dim, idx.tolist()))
+        return out
+
+    def slices(self, i: int) -> list[tuple[str, int, list[int]]]:
+        """[(qualified_param_name, dim, [indices])] owned by unit i."""
+        return self._select(i, ("param",))
+
+    def buffer_slices(self, i: int) -> list[tuple[str, int, list[int]]]:
+        return self._select(i, ("buffer",))
+
+    def node_slices(self, i: int) -> list[tuple[str, int, list[int]]]:
+        return self._select(i, ("node",))
+
+    def params(self) -> Iterator[Member]:
+        return (m for m in self.members if m.kind == "param")
+
+    def __repr__(self) -> str:
+        return f"Group({self.id!r}, size={self.size}, members={len(self.members)})"
+
+
+@dataclass(frozen=True)
+class FrozenGroup:
+    """Coupled dims that own parameters but cannot be pruned, with the reasons."""
+
+    id: str
+    members: tuple[str, ...]
+    reasons: tuple[Freeze, ...]
+
+    @property
+    def barrier(self) -> bool:
+        return any(r.kind == "barrier" for r in self.reasons)
+
+    def describe(self) -> str:
+        seen, parts = set(), []
+        for r in self.reasons:
+            if (r.node, r.reason) not in seen and r.kind != "uncoupled":
+                seen.add((r.node, r.reason))
+                parts.append(f"{r.node}: {r.reason}")
+        return "; ".join(parts[:4]) + (" ..." if len(parts) > 4 else "")
+
+
+@dataclass(frozen=True)
+class ChannelGraph:
+    """What can be pruned in a traced model, and how."""
+
+    gm: fx.GraphModule
+    groups: tuple[Group, ...]
+    frozen: tuple[FrozenGroup, ...]
+    graph: nx.Graph
+    signature: tuple[str, ...]
+    dim_sizes: dict = field(repr=False, default_factory=dict)  # (key, dim) -> length
+    tensor_names: dict = field(repr=False, default_factory=dict)  # "p:x" -> all aliases of x
+
+    def group(self, gid: str) -> Group:
+        for g in self.groups:
+            if g.id == gid:
+                return g
+        raise KeyError(gid)
+
+    def removed_indices(self, removal: dict[str, list[int]]) -> dict[tuple[str, int], np.ndarray]:
+        """Map {group id: removed units} to {(tensor key, dim): removed local indices}."""
+        out: dict[tuple[str, int], list[np.ndarray]] = {}
+        for g in self.groups:
+            units = removal.get(g.id)
+            if not units:
+                continue
+            units_arr = np.asarray(sorted(units))
+            for m in g.members:
+                sel = m.index[np.isin(m.unit, units_arr)]
+                if sel.size:
+                    out.setdefault((m.key, m.dim), []).append(sel)
+        return {k: np.unique(np.concatenate(v)) for k, v in out.items()}

@@ -1,0 +1,95 @@
+"""count(): multiply-accumulates of conv, linear and matmul, and parameters.
+
+torchvision's convention (weights meta ``_ops``): only conv, linear and matrix
+products count; normalisation, activations and pooling do not.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import TensorMetadata
+
+from .trace import trace
+
+__all__ = ["Counts", "count", "macs_of_graph"]
+
+
+@dataclass(frozen=True)
+class Counts:
+    macs: int
+    params: int
+
+    def __str__(self) -> str:
+        return f"{self.macs / 1e6:.2f} MMACs, {self.params / 1e6:.3f} M params"
+
+
+def _shape(n: Any) -> tuple[int, ...]:
+    meta = n.meta.get("tensor_meta") if isinstance(n, fx.Node) else None
+    if isinstance(meta, TensorMetadata):
+        return tuple(meta.shape)
+    if isinstance(meta, (tuple, list)) and meta and isinstance(meta[0], TensorMetadata):
+        return tuple(meta[0].shape)
+    return ()
+
+
+def _conv_macs(out: tuple, weight_shape: tuple) -> int:
+    # every output element sums over in_channels/groups × kernel taps
+    return math.prod(out) * math.prod(weight_shape[1:])
+
+
+def _module_macs(m: nn.Module, node: fx.Node) -> int:
+    out = _shape(node)
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return _conv_macs(out, tuple(m.weight.shape))
+    if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        x = _shape(node.args[0])
+        return math.prod(x) * math.prod(m.weight.shape[1:])
+    if isinstance(m, nn.Linear):
+        return math.prod(out) * m.in_features
+    if isinstance(m, nn.MultiheadAttention):
+        q = _shape(node.args[0])
+        L, B = (q[1], q[0]) if m.batch_first else (q[0], q[1])
+        k = _shape(node.args[1]) or q
+        S = k[1] if m.batch_first else k[0]
+        E = m.embed_dim
+        proj = B * (L * E * E + 2 * S * E * E) + B * L * E * E
+        return proj + 2 * B * L * S * E
+    return 0
+
+
+def _function_macs(node: fx.Node) -> int:
+    t = node.target
+    name = node.target if node.op == "call_method" else getattr(t, "__name__", "")
+    out = _shape(node)
+    if t in (F.linear,) and len(node.args) > 1:
+        return math.prod(out) * _shape(node.args[1])[-1]
+    if t in (F.conv1d, F.conv2d, F.conv3d):
+        return _conv_macs(out, _shape(node.args[1]))
+    if t in (torch.matmul, operator.matmul, torch.bmm) or name in ("matmul", "bmm"):
+        a = _shape(node.args[0])
+        return math.prod(out) * (a[-1] if a else 1)
+    return 0
+
+
+def macs_of_graph(gm: fx.GraphModule) -> int:
+    total = 0
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            total += _module_macs(gm.get_submodule(node.target), node)
+        elif node.op in ("call_function", "call_method"):
+            total += _function_macs(node)
+    return int(total)
+
+
+def count(module: nn.Module, example_inputs: Any) -> Counts:
+    """MACs (conv + linear + matmul) for one forward on ``example_inputs``, and parameters."""
+    gm = trace(module, example_inputs)
+    params = sum(p.numel() for p in module.parameters())
+    return Counts(macs_of_graph(gm), int(params))

@@ -1,0 +1,54 @@
+"""Surgery helpers shared by every rewrite: swap a submodule by qualified name,
+replace a parameter or buffer everywhere it is aliased, index-select a tensor
+along several dims, and the lint/recompile/shape-check epilogue."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+__all__ = ["set_submodule", "replace_tensor", "select", "finish"]
+
+
+def _owner(root: torch.nn.Module, qualname: str) -> tuple[torch.nn.Module, str]:
+    parent, _, attr = qualname.rpartition(".")
+    return (root.get_submodule(parent) if parent else root), attr
+
+
+def set_submodule(root: torch.nn.Module, qualname: str, module: torch.nn.Module) -> None:
+    owner, attr = _owner(root, qualname)
+    setattr(owner, attr, module)
+
+
+def replace_tensor(root: torch.nn.Module, names: Iterable[str], value: torch.Tensor) -> None:
+    """Point every alias ``names`` of one parameter/buffer at ``value``."""
+    for name in names:
+        owner, attr = _owner(root, name)
+        if attr in owner._parameters:
+            old = owner._parameters[attr]
+            owner._parameters[attr] = (
+                value if isinstance(value, torch.nn.Parameter)
+                else torch.nn.Parameter(value, requires_grad=old.requires_grad))
+        elif attr in owner._buffers:
+            owner._buffers[attr] = value
+        else:
+            setattr(owner, attr, value)
+
+
+def select(t: torch.Tensor, keep: dict[int, np.ndarray]) -> torch.Tensor:
+    """Index-select ``t`` along each dim in ``keep`` (a new tensor, never a view)."""
+    out = t.detach()
+    for d, idx in keep.items():
+        out = out.index_select(d, torch.as_tensor(idx, dtype=torch.long, device=t.device))
+    return out.clone()
+
+
+def finish(gm: fx.GraphModule) -> fx.GraphModule:
+    """Every rewrite ends here: drop dead nodes, lint, recompile."""
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    return gm

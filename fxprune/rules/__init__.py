@@ -1,0 +1,163 @@
+"""The op rule table: how every known op couples channel dimensions.
+
+Three small tables map module types, functions and method names to rules.
+An op found in none of them is a *barrier*: the analysis freezes every
+dimension it touches and records why. Never guess that an op passes channels
+through.
+"""
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import attention as A
+from . import elementwise as E
+from . import layers as L
+from . import shape as S
+from .base import Rule, RuleContext
+
+__all__ = ["MODULE_RULES", "FUNCTION_RULES", "METHOD_RULES", "rule_for", "RuleContext"]
+
+
+def _p(fn: Callable, **kw) -> Rule:
+    return functools.partial(fn, **kw)
+
+
+def _activation_types() -> list[type]:
+    special = {"MultiheadAttention", "PReLU", "Softmax", "Softmin", "LogSoftmax", "Softmax2d", "GLU"}
+    out = []
+    for name in nn.modules.activation.__all__:
+        cls = getattr(nn, name, None)
+        if isinstance(cls, type) and name not in special:
+            out.append(cls)
+    return out
+
+
+def _stochastic_depth() -> list[type]:
+    try:
+        from torchvision.ops.stochastic_depth import StochasticDepth
+
+        return [StochasticDepth]
+    except Exception:  # pragma: no cover
+        return []
+
+
+MODULE_RULES: dict[type, Rule] = {
+    # producers / consumers
+    nn.Conv1d: L.conv, nn.Conv2d: L.conv, nn.Conv3d: L.conv,
+    nn.ConvTranspose1d: L.conv_transpose, nn.ConvTranspose2d: L.conv_transpose,
+    nn.ConvTranspose3d: L.conv_transpose,
+    nn.Linear: L.linear, nn.Embedding: L.embedding,
+    # per-channel layers
+    nn.BatchNorm1d: L.batch_norm, nn.BatchNorm2d: L.batch_norm, nn.BatchNorm3d: L.batch_norm,
+    nn.SyncBatchNorm: L.batch_norm, nn.InstanceNorm1d: L.batch_norm,
+    nn.InstanceNorm2d: L.batch_norm, nn.InstanceNorm3d: L.batch_norm,
+    nn.GroupNorm: L.group_norm, nn.LayerNorm: L.layer_norm, nn.PReLU: L.prelu,
+    # activations and friends: elementwise
+    **{t: E.elementwise for t in _activation_types()},
+    nn.Identity: E.elementwise, nn.Dropout: E.elementwise, nn.Dropout1d: E.elementwise,
+    nn.Dropout2d: E.elementwise, nn.Dropout3d: E.elementwise, nn.AlphaDropout: E.elementwise,
+    nn.FeatureAlphaDropout: E.elementwise,
+    **{t: E.elementwise for t in _stochastic_depth()},
+    nn.Softmax: lambda ctx: E.softmax_like(ctx, ctx.module.dim if ctx.module.dim is not None else 1),
+    nn.Softmin: lambda ctx: E.softmax_like(ctx, ctx.module.dim if ctx.module.dim is not None else 1),
+    nn.LogSoftmax: lambda ctx: E.softmax_like(ctx, ctx.module.dim if ctx.module.dim is not None else 1),
+    nn.Softmax2d: _p(E.softmax_like, dim=-3),
+    nn.GLU: E.glu,
+    # pooling and resampling: channels kept, spatial frozen
+    **{t: _p(E.channel_first_spatial, spatial=int(t.__name__[-2])) for t in (
+        nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+        nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+        nn.LPPool1d, nn.LPPool2d, nn.FractionalMaxPool2d, nn.FractionalMaxPool3d,
+        nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d,
+        nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ConstantPad1d, nn.ConstantPad2d,
+        nn.ConstantPad3d, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)},
+    nn.Upsample: E.channel_first_spatial,
+    # shape
+    nn.Flatten: S.reshape, nn.Unflatten: S.reshape,
+    nn.PixelShuffle: S.pixel_shuffle, nn.PixelUnshuffle: S.pixel_unshuffle,
+    nn.ChannelShuffle: S.channel_shuffle,
+    nn.MultiheadAttention: A.multihead_attention,
+}
+
+_ELEMENTWISE_FUNCS = [
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
+    operator.imul, operator.isub, torch.add, torch.sub, torch.mul, torch.div, torch.neg,
+    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.sqrt,
+    torch.rsqrt, torch.clamp, torch.where, torch.maximum, torch.minimum, torch.erf,
+    F.relu, F.relu6, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh,
+    F.leaky_relu, F.elu, F.selu, F.celu, F.softplus, F.hardtanh, F.dropout, F.dropout1d,
+    F.dropout2d, F.dropout3d, F.alpha_dropout, F.logsigmoid, F.threshold,
+]
+
+FUNCTION_RULES: dict[Callable, Rule] = {
+    **{f: E.elementwise for f in _ELEMENTWISE_FUNCS},
+    operator.getitem: S.getitem,
+    torch.flatten: S.reshape, torch.reshape: S.reshape, torch.squeeze: S.reshape,
+    torch.unsqueeze: S.reshape,
+    torch.permute: S.permute, torch.transpose: S.permute,
+    torch.cat: S.cat, torch.concat: S.cat, torch.stack: S.stack,
+    torch.split: S.split, torch.chunk: S.split, torch.unbind: S.unbind,
+    torch.roll: S.roll, F.pad: S.pad,
+    torch.matmul: A.matmul, operator.matmul: A.matmul, torch.bmm: A.matmul,
+    torch.einsum: A.einsum, F.scaled_dot_product_attention: A.sdpa,
+    F.softmax: E.softmax_like, torch.softmax: E.softmax_like, F.log_softmax: E.softmax_like,
+    torch.log_softmax: E.softmax_like,
+    torch.mean: _p(E.reduction, inert_zero=False), torch.amax: _p(E.reduction, inert_zero=False),
+    torch.sum: _p(E.reduction, inert_zero=True),
+    F.adaptive_avg_pool1d: E.channel_first_spatial, F.adaptive_avg_pool2d: E.channel_first_spatial,
+    F.adaptive_avg_pool3d: E.channel_first_spatial, F.adaptive_max_pool2d: E.channel_first_spatial,
+    F.avg_pool2d: E.channel_first_spatial, F.max_pool2d: E.channel_first_spatial,
+    F.interpolate: E.channel_first_spatial, F.upsample: E.channel_first_spatial,
+    F.layer_norm: lambda ctx: L.layer_norm(
+        ctx, len(ctx.value(1, "normalized_shape")), ctx.arg(2, "weight"), ctx.arg(3, "bias")),
+    F.group_norm: lambda ctx: L.group_norm(
+        ctx, ctx.value(1, "num_groups"), ctx.arg(2, "weight"), ctx.arg(3, "bias")),
+    F.linear: lambda ctx: L.linear(ctx, ctx.arg(1, "weight"), ctx.arg(2, "bias")),
+    F.conv2d: lambda ctx: L.conv(ctx, ctx.arg(1, "weight"), ctx.arg(2, "bias"), ctx.value(6, "groups", 1)),
+    F.conv1d: lambda ctx: L.conv(ctx, ctx.arg(1, "weight"), ctx.arg(2, "bias"), ctx.value(6, "groups", 1)),
+    F.pixel_shuffle: S.pixel_shuffle, F.pixel_unshuffle: S.pixel_unshuffle,
+    torch.pixel_shuffle: S.pixel_shuffle, torch.pixel_unshuffle: S.pixel_unshuffle,
+    torch.channel_shuffle: S.channel_shuffle, F.channel_shuffle: S.channel_shuffle,
+    getattr: E.sink,
+}
+
+METHOD_RULES: dict[str, Rule] = {
+    **{m: E.elementwise for m in (
+        "add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_", "relu", "relu_", "sigmoid",
+        "sigmoid_", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "clamp", "masked_fill",
+        "type_as", "pow", "__add__", "__mul__", "__sub__", "__truediv__")},
+    **{m: S.identity for m in ("contiguous", "clone", "to", "float", "half", "double", "detach",
+                               "requires_grad_", "cpu", "cuda")},
+    **{m: S.reshape for m in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze")},
+    "permute": S.permute, "transpose": S.permute,
+    "chunk": _p(S.split, dim_pos=2), "split": _p(S.split, dim_pos=2), "unbind": S.unbind,
+    "expand": S.expand, "expand_as": S.expand,
+    "mean": _p(E.reduction, inert_zero=False), "amax": _p(E.reduction, inert_zero=False),
+    "sum": _p(E.reduction, inert_zero=True),
+    "softmax": E.softmax_like, "log_softmax": E.softmax_like,
+    "matmul": A.matmul, "bmm": A.matmul, "roll": S.roll,
+    "size": E.sink, "dim": E.sink,
+}
+
+
+def rule_for(op: str, target, module: nn.Module | None) -> Rule | None:
+    """Look up the rule of a node; None means the op is a barrier."""
+    if op == "call_module":
+        for cls in type(module).__mro__:
+            if cls in MODULE_RULES:
+                # a subclass that overrides forward may do anything: no guessing
+                same_forward = getattr(type(module), "forward", None) is getattr(cls, "forward", None)
+                return MODULE_RULES[cls] if same_forward else None
+        return None
+    if op == "call_function":
+        return FUNCTION_RULES.get(target)
+    if op == "call_method":
+        return METHOD_RULES.get(target)
+    return None

@@ -1,0 +1,380 @@
+"""Rules for ops that move channels around: view/reshape/flatten (dim merges
+and splits), permute, cat/stack, split/chunk/unbind, indexing, pad, roll,
+expand, pixel and channel shuffles."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch.fx as fx
+
+from .base import RuleContext, norm_dim
+
+__all__ = [
+    "identity", "reshape", "permute", "transpose", "cat", "stack", "split",
+    "unbind", "getitem", "pad", "roll", "expand", "pixel_shuffle",
+    "pixel_unshuffle", "channel_shuffle", "reshape_blocks",
+]
+
+
+def identity(ctx: RuleContext) -> None:
+    """contiguous/clone/to/detach: same tensor, same dims."""
+    x, y = ctx.arg(0), ctx.out()
+    if x is not None and y is not None:
+        ctx.space.couple_all(x, y, ctx.node.name)
+
+
+def reshape_blocks(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """Pair runs of dims of ``a`` and ``b`` with equal products (size-1 dims stand alone)."""
+    blocks, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        if i < len(a) and a[i] == 1:
+            blocks.append(([i], []))
+            i += 1
+            continue
+        if j < len(b) and b[j] == 1:
+            blocks.append(([], [j]))
+            j += 1
+            continue
+        if i >= len(a) or j >= len(b):
+            blocks.append((list(range(i, len(a))), list(range(j, len(b)))))
+            break
+        ia, jb, pa, pb = [i], [j], a[i], b[j]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb and i < len(a):
+                pa *= a[i]; ia.append(i); i += 1  # noqa: E702
+            elif pb < pa and j < len(b):
+                pb *= b[j]; jb.append(j); j += 1  # noqa: E702
+            else:
+                break
+        blocks.append((ia, jb))
+    return blocks
+
+
+_MOVERS = {"permute", "transpose", "contiguous", "clone", "to", "float", "half", "detach"}
+
+
+def _fate(node: fx.Node, dim: int, depth: int = 8) -> str:
+    """Follow dim ``dim`` of ``node`` through permutes: is it later indexed away, or
+    merged back as an inner dim? ('indexed' | 'inner' | 'other')."""
+    import operator
+
+    if depth == 0:
+        return "other"
+    fates = []
+    for user in node.users:
+        name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
+        if name in ("permute", "transpose"):
+            shape = user.meta.get("tensor_meta")
+            if shape is None:
+                continue
+            perm = _perm_of(user, len(shape.shape))
+            fates.append(_fate(user, perm.index(dim), depth - 1))
+        elif name in _MOVERS:
+            fates.append(_fate(user, dim, depth - 1))
+        elif name in ("unbind", "select"):
+            d = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)
+            fates.append("indexed" if norm_dim(d, _ndim(node)) == dim else "other")
+        elif user.op == "call_function" and user.target is operator.getitem:
+            idx = user.args[1]
+            idx = idx if isinstance(idx, tuple) else (idx,)
+            fates.append("indexed" if dim < len(idx) and isinstance(idx[dim], int) else "other")
+        elif name in ("view", "reshape", "flatten"):
+            meta = user.meta.get("tensor_meta")
+            if meta is None:
+                continue
+            for ins, outs in reshape_blocks(_shape(node), tuple(meta.shape)):
+                big = [k for k in ins if _shape(node)[k] > 1]
+                if dim in big and len(outs) == 1 and big.index(dim) > 0:
+                    fates.append("inner")
+    for f in ("indexed", "inner"):
+        if f in fates:
+            return f
+    return "other"
+
+
+def _shape(node: fx.Node) -> tuple[int, ...]:
+    return tuple(node.meta["tensor_meta"].shape)
+
+
+def _ndim(node: fx.Node) -> int:
+    return len(_shape(node))
+
+
+def _perm_of(node: fx.Node, ndim: int) -> list[int]:
+    from .base import concrete
+
+    args = [concrete(a) for a in node.args[1:]]
+    name = node.target if node.op == "call_method" else node.target.__name__
+    if name == "transpose":
+        d0 = norm_dim(args[0] if args else node.kwargs["dim0"], ndim)
+        d1 = norm_dim(args[1] if len(args) > 1 else node.kwargs["dim1"], ndim)
+        perm = list(range(ndim))
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+        return perm
+    dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+    if not dims:
+        dims = node.kwargs.get("dims")
+    return [norm_dim(d, ndim) for d in dims]
+
+
+def reshape(ctx: RuleContext) -> None:
+    """view/reshape/flatten/squeeze/unsqueeze: dims are matched in blocks of equal
+    product. 1↔1 is identity. A merge (C,H,W)→CHW ties channel c to a contiguous
+    block (the outermost dim carries the units, inner dims are frozen). A split
+    D→(..) picks one output dim as carrier (not one indexed away or merged back
+    as an inner dim: heads, shuffle groups) and freezes the others."""
+    x, y = ctx.arg(0), ctx.out()
+    if x is None or y is None:
+        return
+    for ins, outs in reshape_blocks(x.shape, y.shape):
+        if not ins or not outs:
+            for k in ins:
+                ctx.freeze(x, k, "size-1 dim", "structural")
+            for k in outs:
+                ctx.freeze(y, k, "size-1 dim", "structural")
+        elif len(ins) == 1 and len(outs) == 1:
+            ctx.couple(x, ins[0], y, outs[0])
+        elif len(outs) == 1:
+            _merge(ctx, x, ins, y, outs[0])
+        elif len(ins) == 1:
+            _split(ctx, x, ins[0], y, outs)
+        else:
+            for k in ins:
+                ctx.freeze(x, k, f"reshape {x.shape}->{y.shape} mixes dims")
+            for k in outs:
+                ctx.freeze(y, k, f"reshape {x.shape}->{y.shape} mixes dims")
+
+
+def _merge(ctx: RuleContext, x, ins: list[int], y, out: int) -> None:
+    carrier, inner = ins[0], math.prod(x.shape[k] for k in ins[1:])
+    for k in ins[1:]:
+        ctx.freeze(x, k, "inner dim of a merge")
+    flat = np.arange(y.shape[out])
+    ctx.link(x, carrier, flat // inner, y, out, flat, "block")
+
+
+def _split(ctx: RuleContext, x, inp: int, y, outs: list[int]) -> None:
+    fates = {k: _fate(ctx.node, k) for k in outs}
+    ranked = [k for k in outs if fates[k] == "other"] or outs
+    carrier = ranked[0]
+    stride = math.prod(y.shape[k] for k in outs if k > carrier)
+    for k in outs:
+        if k != carrier:
+            ctx.freeze(y, k, "non-carrier dim of a split")
+    flat = np.arange(x.shape[inp])
+    ctx.link(x, inp, flat, y, carrier, (flat // stride) % y.shape[carrier], "strided")
+
+
+def permute(ctx: RuleContext) -> None:
+    x, y = ctx.arg(0), ctx.out()
+    if x is None or y is None:
+        return
+    for o, i in enumerate(_perm_of(ctx.node, x.ndim)):
+        ctx.couple(x, i, y, o)
+
+
+transpose = permute
+
+
+def cat(ctx: RuleContext) -> None:
+    """cat(xs, dim): input k's elements sit at an offset in the output."""
+    tensors = ctx.raw(0) if ctx.node.args else ctx.node.kwargs.get("tensors")
+    y = ctx.out()
+    if y is None:
+        return
+    d = norm_dim(ctx.value(1, "dim", 0), y.ndim)
+    offset = 0
+    for t in tensors:
+        r = ctx.ref(t)
+        if r is None:
+            continue
+        n = r.shape[d]
+        for k in range(y.ndim):
+            if k == d:
+                ctx.link(r, k, np.arange(n), y, k, offset + np.arange(n), "offset")
+            else:
+                ctx.couple(r, k, y, k)
+        offset += n
+
+
+def stack(ctx: RuleContext) -> None:
+    tensors = ctx.raw(0) if ctx.node.args else ctx.node.kwargs.get("tensors")
+    y = ctx.out()
+    if y is None:
+        return
+    d = norm_dim(ctx.value(1, "dim", 0), y.ndim)
+    ctx.freeze(y, d, "stacked dim")
+    for t in tensors:
+        r = ctx.ref(t)
+        for k in range(r.ndim if r is not None else 0):
+            ctx.couple(r, k, y, k if k < d else k + 1)
+
+
+def split(ctx: RuleContext, dim_pos: int = 2) -> None:
+    """split/chunk: output k is the slice [offset_k, offset_k + n_k) of the input."""
+    x = ctx.arg(0)
+    outs = ctx.outs()
+    if x is None or not outs:
+        return
+    d = norm_dim(ctx.value(dim_pos, "dim", 0), x.ndim)
+    offset = 0
+    for r in outs:
+        if r is None:
+            continue
+        n = r.shape[d]
+        for k in range(x.ndim):
+            if k == d:
+                ctx.link(x, k, offset + np.arange(n), r, k, np.arange(n), "offset")
+            else:
+                ctx.couple(x, k, r, k)
+        offset += n
+
+
+def unbind(ctx: RuleContext) -> None:
+    x = ctx.arg(0)
+    if x is None:
+        return
+    d = norm_dim(ctx.value(1, "dim", 0), x.ndim)
+    ctx.freeze(x, d, "unbound dim")
+    for r in ctx.outs():
+        for k in range(r.ndim if r is not None else 0):
+            ctx.couple(x, k if k < d else k + 1, r, k)
+
+
+def getitem(ctx: RuleContext) -> None:
+    """x[idx] with ints, slices, None and Ellipsis. Step-1 slices of a dim link
+    (their bounds are rewritten by shrink); other slices and ints freeze."""
+    x, y = ctx.arg(0), ctx.out()
+    if x is None or y is None:
+        return
+    idx = ctx.node.args[1]
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(isinstance(i, (fx.Node, list)) for i in idx):
+        ctx.freeze_all(x, "advanced indexing", "barrier")
+        ctx.freeze_all(y, "advanced indexing", "barrier")
+        return
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    expanded: list = []
+    for i in idx:
+        expanded.extend([slice(None)] * (x.ndim - n_real) if i is Ellipsis else [i])
+    expanded.extend([slice(None)] * (x.ndim - sum(1 for i in expanded if i is not None)))
+    xd = yd = 0
+    for i in expanded:
+        if i is None:
+            ctx.freeze(y, yd, "new axis", "structural")
+            yd += 1
+        elif isinstance(i, int):
+            ctx.freeze(x, xd, "indexed by an integer")
+            xd += 1
+        else:
+            start, stop, step = i.indices(x.shape[xd])
+            if step == 1:
+                n = y.shape[yd]
+                ctx.link(x, xd, start + np.arange(n), y, yd, np.arange(n), "offset")
+            else:
+                ctx.freeze(x, xd, "strided slice")
+                ctx.freeze(y, yd, "strided slice")
+            xd, yd = xd + 1, yd + 1
+
+
+def pad(ctx: RuleContext) -> None:
+    """F.pad: constant padding keeps the input at an offset; the padded entries are
+    fresh elements (shrink rewrites the pad widths). Other modes freeze the dim."""
+    x, y = ctx.arg(0), ctx.out()
+    if x is None or y is None:
+        return
+    widths = list(ctx.value(1, "pad", ()))
+    mode = ctx.value(2, "mode", "constant")
+    padded = {}
+    for j in range(len(widths) // 2):
+        padded[x.ndim - 1 - j] = (widths[2 * j], widths[2 * j + 1])
+    for k in range(x.ndim):
+        lo, hi = padded.get(k, (0, 0))
+        if (lo, hi) == (0, 0):
+            ctx.couple(x, k, y, k)
+        elif mode == "constant" and lo >= 0 and hi >= 0:
+            n = x.shape[k]
+            ctx.link(x, k, np.arange(n), y, k, lo + np.arange(n), "offset")
+        else:
+            ctx.freeze(x, k, f"{mode} padding")
+            ctx.freeze(y, k, f"{mode} padding")
+
+
+def roll(ctx: RuleContext) -> None:
+    x, y = ctx.arg(0), ctx.out()
+    if x is None or y is None:
+        return
+    dims = ctx.value(2, "dims", None)
+    dims = [] if dims is None else ([dims] if isinstance(dims, int) else list(dims))
+    rolled = {norm_dim(d, x.ndim) for d in dims} if dims else set(range(x.ndim))
+    for k in range(x.ndim):
+        if k in rolled:
+            ctx.freeze(x, k, "rolled dim")
+            ctx.freeze(y, k, "rolled dim")
+        else:
+            ctx.couple(x, k, y, k)
+
+
+def expand(ctx: RuleContext) -> None:
+    """expand/expand_as/broadcast_to: like broadcasting from the right."""
+    x, y = ctx.arg(0), ctx.out()
+    if x is None or y is None:
+        return
+    for j in range(1, x.ndim + 1):
+        if x.shape[-j] == y.shape[-j]:
+            ctx.couple(x, -j, y, -j)
+    for j in range(x.ndim + 1, y.ndim + 1):
+        ctx.freeze(y, -j, "new leading dim of expand")
+
+
+def _factor(ctx: RuleContext) -> int:
+    if ctx.module is not None:
+        return int(getattr(ctx.module, "upscale_factor", getattr(ctx.module, "downscale_factor", 1)))
+    return int(ctx.value(1, "upscale_factor", ctx.value(1, "downscale_factor", 1)))
+
+
+def pixel_shuffle(ctx: RuleContext) -> None:
+    """(B, C*r², H, W) → (B, C, rH, rW): output channel c owns input block [c*r², (c+1)*r²)."""
+    x, y = ctx.arg(0), ctx.out()
+    if x is None or y is None:
+        return
+    r2 = _factor(ctx) ** 2
+    ctx.couple(x, 0, y, 0)
+    flat = np.arange(x.shape[1])
+    ctx.link(x, 1, flat, y, 1, flat // r2, "block")
+    for k in (2, 3):
+        ctx.freeze(x, k, "spatial dim", "structural")
+        ctx.freeze(y, k, "spatial dim", "structural")
+
+
+def pixel_unshuffle(ctx: RuleContext) -> None:
+    """(B, C, rH, rW) → (B, C*r², H, W): input channel c owns output block [c*r², (c+1)*r²)."""
+    x, y = ctx.arg(0), ctx.out()
+    if x is None or y is None:
+        return
+    r2 = _factor(ctx) ** 2
+    ctx.couple(x, 0, y, 0)
+    flat = np.arange(y.shape[1])
+    ctx.link(x, 1, flat // r2, y, 1, flat, "block")
+    for k in (2, 3):
+        ctx.freeze(x, k, "spatial dim", "structural")
+        ctx.freeze(y, k, "spatial dim", "structural")
+
+
+def channel_shuffle(ctx: RuleContext) -> None:
+    """channel_shuffle(x, g): input k*(C/g)+j goes to output j*g+k; unit j spans all k."""
+    x, y = ctx.arg(0), ctx.out()
+    if x is None or y is None:
+        return
+    g = int(ctx.module.groups if ctx.module is not None else ctx.value(1, "groups"))
+    C = x.shape[1]
+    per = C // g
+    c = np.arange(C)
+    k, j = c // per, c % per
+    ctx.link(x, 1, c, y, 1, j * g + k, "permute")
+    ctx.link(x, 1, c, x, 1, j, "strided")
+    for d in range(x.ndim):
+        if d != 1:
+            ctx.couple(x, d, y, d)

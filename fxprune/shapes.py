@@ -1,0 +1,94 @@
+"""Shape propagation on the meta device: shapes without arithmetic.
+
+Runs the graph once with every tensor (inputs, parameters, buffers) replaced
+by a meta tensor of the same shape and dtype, and records
+``node.meta["tensor_meta"]`` (as torch.fx's ShapeProp does) plus the python
+value of small non-tensor results (``node.meta["fxprune.value"]``: sizes,
+split lists) that rules and the rewrite need. Falls back to real tensors when
+an op has no meta kernel.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+
+__all__ = ["propagate_shapes", "MetaInterpreter"]
+
+
+def _to_meta(v: Any) -> Any:
+    return map_aggregate(v, lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t)
+
+
+def _record(node: fx.Node, result: Any) -> None:
+    found = False
+
+    def meta(t):
+        nonlocal found
+        if isinstance(t, torch.Tensor):
+            found = True
+            return _extract_tensor_metadata(t)
+        return t
+
+    tm = map_aggregate(result, meta)
+    if found:
+        node.meta["tensor_meta"] = tm
+    else:
+        node.meta.pop("tensor_meta", None)
+        if isinstance(result, (int, float, bool, torch.Size)) or (
+            isinstance(result, (tuple, list)) and all(isinstance(x, (int, float)) for x in result)
+        ):
+            node.meta["fxprune.value"] = result
+
+
+class MetaInterpreter(fx.Interpreter):
+    """Runs a graph with every tensor on the meta device."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm, garbage_collect_values=False)
+        self._meta_state: dict[str, dict[str, torch.Tensor]] = {}
+
+    def placeholder(self, target, args, kwargs):
+        return _to_meta(super().placeholder(target, args, kwargs))
+
+    def get_attr(self, target, args, kwargs):
+        return _to_meta(super().get_attr(target, args, kwargs))
+
+    def call_module(self, target, args, kwargs):
+        mod = self.fetch_attr(target)
+        state = self._meta_state.get(target)
+        if state is None:
+            state = {k: v.to("meta") for k, v in list(mod.named_parameters()) + list(mod.named_buffers())}
+            self._meta_state[target] = state
+        return torch.func.functional_call(mod, state, args, kwargs)
+
+
+class _MetaProp(MetaInterpreter):
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        _record(n, result)
+        return result
+
+
+def propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
+    """Annotate every node of ``gm`` with its output shape (meta device, real as fallback)."""
+    try:
+        with torch.no_grad():
+            _MetaProp(gm).run(*inputs)
+        return
+    except Exception:
+        pass  # some op has no meta kernel or is data dependent: pay for real arithmetic
+    prop = ShapeProp(gm)
+    orig = prop.run_node
+
+    def run_node(n):
+        result = orig(n)
+        _record(n, result)
+        return result
+
+    prop.run_node = run_node
+    with torch.no_grad():
+        prop.propagate(*inputs)

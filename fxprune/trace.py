@@ -1,0 +1,129 @@
+"""Frontend: trace a model to a torch.fx GraphModule with shapes on every node.
+
+Standard layers (everything under ``torch.nn``) and torchvision's
+``StochasticDepth`` stay leaf modules so the rule table sees them whole.
+Shapes are recorded by running the graph once on the example inputs
+(``node.meta["tensor_meta"]``, as torch.fx's ShapeProp does).
+"""
+from __future__ import annotations
+
+import copy
+import traceback
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+
+from .errors import TraceError
+from .shapes import propagate_shapes
+
+__all__ = ["trace", "as_tuple", "DEFAULT_LEAF_TYPES"]
+
+
+def _default_leaf_types() -> tuple[type, ...]:
+    types: list[type] = []
+    try:  # torchvision is a dependency, but keep tracing usable without it
+        from torchvision.ops.stochastic_depth import StochasticDepth
+
+        types.append(StochasticDepth)
+    except Exception:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+DEFAULT_LEAF_TYPES = _default_leaf_types()
+
+
+def as_tuple(example_inputs: Any) -> tuple:
+    """Example inputs as a tuple: a lone tensor becomes a 1-tuple."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (list, tuple)):
+        return tuple(example_inputs)
+    raise TraceError(
+        f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}"
+    )
+
+
+class _LeafTracer(fx.Tracer):
+    """fx.Tracer that also keeps user-named modules and default leaf types whole."""
+
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str]):
+        super().__init__()
+        self._leaf_types = leaf_types
+        self._leaf_names = leaf_names
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        if isinstance(m, self._leaf_types) or qualname in self._leaf_names:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _split_leaves(model: torch.nn.Module, leaf_modules: Iterable) -> tuple[tuple[type, ...], set[str]]:
+    types, names = list(DEFAULT_LEAF_TYPES), set()
+    by_id = {id(m): n for n, m in model.named_modules()}
+    for leaf in leaf_modules:
+        if isinstance(leaf, type):
+            types.append(leaf)
+        elif isinstance(leaf, str):
+            names.add(leaf)
+        elif isinstance(leaf, torch.nn.Module) and id(leaf) in by_id:
+            names.add(by_id[id(leaf)])
+        else:
+            raise TraceError(f"leaf_modules entry {leaf!r} is not a module type, a name or a submodule")
+    return tuple(types), names
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The innermost frame outside torch/fxprune: the user's line that failed to trace."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for fr in reversed(frames):
+        path = fr.filename.replace("\\", "/")
+        if "/torch/" not in path and "/fxprune/" not in path:
+            return f'{fr.filename}:{fr.lineno}, in {fr.name}: "{(fr.line or "").strip()}"'
+    return "<unknown location>"
+
+
+def trace(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    leaf_modules: Sequence = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> fx.GraphModule:
+    """Trace ``model`` symbolically and attach shape metadata to every node.
+
+    Raises TraceError naming the Python line that could not be traced and what
+    to do about it (mark the module as a leaf, or pass ``concrete_args``).
+    """
+    inputs = as_tuple(example_inputs)
+    if isinstance(model, fx.GraphModule) and not leaf_modules and concrete_args is None:
+        gm = fx.GraphModule(model, copy.deepcopy(model.graph))  # never touch the caller's graph
+    else:
+        types, names = _split_leaves(model, leaf_modules)
+        tracer = _LeafTracer(types, names)
+        try:
+            graph = tracer.trace(model, concrete_args=concrete_args)
+        except Exception as e:  # torch raises TraceError, TypeError, RuntimeError, ...
+            raise TraceError(
+                f"could not trace {type(model).__name__}: {type(e).__name__}: {e}\n"
+                f"  at {_user_frame(e)}\n"
+                "  fix: mark the module containing this code as a leaf "
+                "(trace(..., leaf_modules=[TheModuleType])), or pass concrete_args= "
+                "for arguments that steer Python control flow"
+            ) from e
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    modes = [(m, m.training) for m in gm.modules()]
+    gm.eval()  # eval: the shape run must not update BatchNorm statistics
+    try:
+        with torch.no_grad():
+            propagate_shapes(gm, inputs)
+    except Exception as e:
+        raise TraceError(
+            f"the traced graph of {type(model).__name__} failed on the example inputs: "
+            f"{type(e).__name__}: {e}\n  fix: check that example_inputs match the model's forward"
+        ) from e
+    finally:
+        for m, mode in modes:  # the submodules are the user's: restore each flag exactly
+            m.training = mode
+    return gm

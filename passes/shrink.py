@@ -1,0 +1,47 @@
+"""shrink: the one rewriting pass. Applies a PruningPlan to a traced model.
+
+Index-selects every affected parameter and buffer, rebuilds every affected
+module with its new hyper-parameters, rewrites the size constants in the graph
+(view/reshape shapes, split sizes, pad widths, slice bounds, normalized_shape)
+by re-running the graph, and checks every node's shape against the plan. The
+input ChannelGraph and the user's model are never modified.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch.fx as fx
+
+from fxprune.channel_graph import ChannelGraph
+from fxprune.plan import PruningPlan
+from fxprune.rewrite import finish, replace_tensor, select
+
+from .shrink_constants import fix_constants
+from .shrink_modules import update_modules
+
+__all__ = ["shrink", "kept_indices"]
+
+
+def kept_indices(cg: ChannelGraph, plan: PruningPlan) -> dict[tuple[str, int], np.ndarray]:
+    """{(tensor key, dim): kept local indices} for every dim the plan shrinks."""
+    removed = cg.removed_indices({k: list(v) for k, v in plan.removed.items()})
+    return {kd: np.setdiff1d(np.arange(cg.dim_sizes[kd]), idx) for kd, idx in removed.items()}
+
+
+def shrink(cg: ChannelGraph, plan: PruningPlan) -> fx.GraphModule:
+    """A new, physically smaller GraphModule computing what the plan leaves."""
+    plan.check_against(cg.signature, {g.id: g.size for g in cg.groups})
+    keep = kept_indices(cg, plan)
+    gm = copy.deepcopy(cg.gm)
+    by_tensor: dict[str, dict[int, np.ndarray]] = {}
+    for (key, d), idx in keep.items():
+        by_tensor.setdefault(key, {})[d] = idx
+    for key, dims in by_tensor.items():
+        if key[0] in "pb":
+            names = cg.tensor_names[key]
+            old = gm.get_parameter(names[0]) if key[0] == "p" else gm.get_buffer(names[0])
+            replace_tensor(gm, names, select(old, dims))
+    update_modules(gm, cg, keep)
+    fix_constants(gm, cg, keep)
+    return finish(gm)

@@ -82,8 +82,25 @@ def select_global(cg: ChannelGraph, scores: Mapping[str, np.ndarray], ratio: flo
     return out
 
 
+def _keep_every_member(cg: ChannelGraph, removed: Mapping[str, list[int]]) -> dict[str, list[int]]:
+    """No tensor dim may lose all of its entries (a concat branch, a split piece):
+    give back the last removed unit of any member that would be emptied."""
+    out = {}
+    for g in cg.groups:
+        units = sorted(set(removed.get(g.id, ())))
+        if not units:
+            continue
+        gone = set(units)
+        for m in g.members:
+            if m.unit.size == m.length and gone.issuperset(np.unique(m.unit).tolist()):
+                gone.discard(int(m.unit.max()))
+        out[g.id] = sorted(gone)
+    return out
+
+
 def make_plan(cg: ChannelGraph, removed: Mapping[str, list[int]], criterion: str,
               settings: dict) -> PruningPlan:
+    removed = _keep_every_member(cg, removed)
     return PruningPlan(
         removed={k: tuple(v) for k, v in removed.items() if v},
         group_sizes={g.id: g.size for g in cg.groups},

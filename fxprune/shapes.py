@@ -19,6 +19,14 @@ from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 __all__ = ["propagate_shapes", "MetaInterpreter"]
 
 
+_SAME_SHAPE = (
+    torch.nn.modules.batchnorm._NormBase, torch.nn.ReLU, torch.nn.ReLU6, torch.nn.SiLU, torch.nn.GELU,
+    torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.Dropout,
+    torch.nn.Identity, torch.nn.LeakyReLU, torch.nn.Mish, torch.nn.ELU, torch.nn.LayerNorm,
+    torch.nn.GroupNorm,
+)
+
+
 def _to_meta(v: Any) -> Any:
     return map_aggregate(v, lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t)
 
@@ -59,6 +67,8 @@ class MetaInterpreter(fx.Interpreter):
 
     def call_module(self, target, args, kwargs):
         mod = self.fetch_attr(target)
+        if isinstance(mod, _SAME_SHAPE) and len(args) == 1 and not kwargs and args[0].device.type == "meta":
+            return torch.empty_like(args[0])  # shape-preserving: skip the (slow) meta decomposition
         state = self._meta_state.get(target)
         if state is None:
             state = {k: v.to("meta") for k, v in list(mod.named_parameters()) + list(mod.named_buffers())}

@@ -101,7 +101,8 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     operator.getitem: S.getitem,
     torch.flatten: S.reshape, torch.reshape: S.reshape, torch.squeeze: S.reshape,
     torch.unsqueeze: S.reshape,
-    torch.permute: S.permute, torch.transpose: S.permute,
+    torch.permute: S.permute, torch.transpose: S.permute, torch.swapaxes: S.permute,
+    torch.swapdims: S.permute,
     torch.cat: S.cat, torch.concat: S.cat, torch.stack: S.stack,
     torch.split: S.split, torch.chunk: S.split, torch.unbind: S.unbind,
     torch.roll: S.roll, F.pad: S.pad,
@@ -136,7 +137,7 @@ METHOD_RULES: dict[str, Rule] = {
     **{m: S.identity for m in ("contiguous", "clone", "to", "float", "half", "double", "detach",
                                "requires_grad_", "cpu", "cuda")},
     **{m: S.reshape for m in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze")},
-    "permute": S.permute, "transpose": S.permute,
+    "permute": S.permute, "transpose": S.permute, "swapaxes": S.permute, "swapdims": S.permute,
     "chunk": _p(S.split, dim_pos=2), "split": _p(S.split, dim_pos=2), "unbind": S.unbind,
     "expand": S.expand, "expand_as": S.expand,
     "mean": _p(E.reduction, inert_zero=False), "amax": _p(E.reduction, inert_zero=False),
@@ -145,6 +146,22 @@ METHOD_RULES: dict[str, Rule] = {
     "matmul": A.matmul, "bmm": A.matmul, "roll": S.roll,
     "size": E.sink, "dim": E.sink,
 }
+
+
+def _torchvision_wrapped() -> dict[Callable, Rule]:
+    """torchvision wraps Swin's attention in torch.fx.wrap: it derives head_dim from the
+    input width (C // num_heads), so neither heads nor the width can shrink alone."""
+    try:
+        from torchvision.models import swin_transformer as sw
+    except Exception:  # pragma: no cover
+        return {}
+    why = "torchvision Swin attention derives head_dim from the input width"
+    return {sw.shifted_window_attention: A.frozen_by_design(why),
+            sw._get_relative_position_bias: A.frozen_by_design(why),
+            sw._patch_merging_pad: A.frozen_by_design("patch merging of a frozen Swin stage")}
+
+
+FUNCTION_RULES.update(_torchvision_wrapped())
 
 
 def rule_for(op: str, target, module: nn.Module | None) -> Rule | None:

@@ -108,3 +108,13 @@ def multihead_attention(ctx: RuleContext) -> None:
     ctx.couple(q, 1 - seq, y, 1 - seq)
     for r in outs[1:]:
         ctx.freeze_all(r, "attention weights output")
+
+
+def frozen_by_design(reason: str):
+    """A known op whose channel structure fxprune deliberately leaves alone."""
+
+    def rule(ctx: RuleContext) -> None:
+        for r in ctx.tensor_inputs() + [o for o in ctx.outs() if o is not None]:
+            ctx.freeze_all(r, reason)
+
+    return rule

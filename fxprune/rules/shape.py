@@ -65,7 +65,7 @@ def _fate(node: fx.Node, dim: int, depth: int = 8) -> str:
     fates = []
     for user in node.users:
         name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
-        if name in ("permute", "transpose"):
+        if name in ("permute", "transpose", "swapaxes", "swapdims"):
             shape = user.meta.get("tensor_meta")
             if shape is None:
                 continue
@@ -107,7 +107,7 @@ def _perm_of(node: fx.Node, ndim: int) -> list[int]:
 
     args = [concrete(a) for a in node.args[1:]]
     name = node.target if node.op == "call_method" else node.target.__name__
-    if name == "transpose":
+    if name in ("transpose", "swapaxes", "swapdims"):
         d0 = norm_dim(args[0] if args else node.kwargs["dim0"], ndim)
         d1 = norm_dim(args[1] if len(args) > 1 else node.kwargs["dim1"], ndim)
         perm = list(range(ndim))
@@ -250,6 +250,14 @@ def getitem(ctx: RuleContext) -> None:
     if x is None or y is None:
         return
     idx = ctx.node.args[1]
+    index = ctx.ref(idx)
+    if index is not None:  # table[index]: rows gathered, trailing dims pass through
+        ctx.freeze(x, 0, "rows gathered by an index tensor")
+        for k in range(index.ndim):
+            ctx.freeze(y, k, "gathered rows")
+        for k in range(1, x.ndim):
+            ctx.couple(x, k, y, index.ndim + k - 1)
+        return
     idx = idx if isinstance(idx, tuple) else (idx,)
     if any(isinstance(i, (fx.Node, list)) for i in idx):
         ctx.freeze_all(x, "advanced indexing", "barrier")

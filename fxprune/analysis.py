@@ -202,7 +202,7 @@ def _groups(gm: fx.GraphModule, space: ElementSpace, ignored: set[str],
             aliases: dict[str, tuple[str, ...]]) -> ChannelGraph:
     lab, frozen, first = _labels(space)
     g = nx.Graph()
-    for key, d in space.touched:
+    for key, d in sorted(space.touched):
         g.add_node((key, d), size=space.refs[key].shape[d])
     for u, v, kind in space.dim_edges:
         g.add_edge(u, v, kind=kind)
@@ -210,8 +210,10 @@ def _groups(gm: fx.GraphModule, space: ElementSpace, ignored: set[str],
     for f in space.freezes:
         freezes_by_dim.setdefault((f.key, f.dim), []).append(f)
     groups, frozen_groups = [], []
-    for comp in nx.connected_components(g):
-        dims = sorted(comp, key=lambda kd: space.refs[kd[0]].base[kd[1]])
+    base_of = lambda kd: space.refs[kd[0]].base[kd[1]]  # noqa: E731
+    components = sorted((sorted(c, key=base_of) for c in nx.connected_components(g)),
+                        key=lambda dims: base_of(dims[0]))  # deterministic, whatever the hash seed
+    for dims in components:
         if not any(k[0] == "p" for k, _ in dims):
             continue
         reasons = tuple(f for kd in dims for f in freezes_by_dim.get(kd, ()))
@@ -246,12 +248,12 @@ def _make_group(gid, dims, space, lab, frozen, first, reasons) -> Group | None:
     if all_labels.size == 0:
         return None
     order = all_labels[np.argsort(first[all_labels], kind="stable")]
-    unit_of = {int(label): i for i, label in enumerate(order)}
-    lookup = np.vectorize(unit_of.__getitem__, otypes=[np.int64])
+    unit_of = np.empty(int(order.max()) + 1, np.int64)
+    unit_of[order] = np.arange(order.size)
     members = []
     for key, d, length, idx, labels in per_dim:
         if idx.size:
-            members.append(Member(key, d, length, _readonly(idx), _readonly(lookup(labels))))
+            members.append(Member(key, d, length, _readonly(idx), _readonly(unit_of[labels])))
     mixing = any((key, d) in space.mixing for key, d in dims)
     return Group(gid, len(order), tuple(members), mixing, reasons)
 

@@ -120,6 +120,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], history: dict[str, list[float]
     a.plot(range(n + 1, n + 1 + len(history["finetune"])), history["finetune"], "s-",
            label="fine-tune after pruning")
     a.set(xlabel="epoch", ylabel="training loss", title="training")
+    a.xaxis.get_major_locator().set_params(integer=True)
     a.legend()
     keys = [("params", "params"), ("macs", "MACs"), ("latency_ms", "latency"),
             ("accuracy", "accuracy")]
@@ -130,7 +131,8 @@ def _plot(path: Path, rows: list[dict[str, Any]], history: dict[str, list[float]
     b.set_xticks([j + 0.27 for j in range(len(keys))], [lbl for _, lbl in keys])
     b.set(ylabel="relative to the original", title="before / after")
     b.axhline(1.0, color="grey", lw=0.8)
-    b.legend()
+    b.set_ylim(0, 1.3)
+    b.legend(ncol=3, fontsize=8, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -157,10 +159,12 @@ def main(out: str | Path = "demo_out", epochs: int | None = None, quick: bool = 
     with Progress(console=console, transient=True) as prog:
         history = {"train": train_epochs(model, xtr, ytr, epochs, 0.1, prog, "training")}
         rows = [_row("original", model, example, xte, yte, quick)]
-        res = fxprune.prune(model, example, ratio=0.5, criterion="l1", ignore=[model.fc])
+        # no ignore=[model.fc]: fc's output is the graph output, which is never pruned, and
+        # ignoring fc would keep its input channels (the whole last stage) too
+        res = fxprune.prune(model, example, ratio=0.5, criterion="l1")
         pruned = res.module
         rows.append(_row("pruned", pruned, example, xte, yte, quick))
-        history["finetune"] = train_epochs(pruned, xtr, ytr, max(1, epochs // 2), 0.02, prog,
+        history["finetune"] = train_epochs(pruned, xtr, ytr, max(1, epochs - 1), 0.05, prog,
                                            "fine-tuning")
         rows.append(_row("pruned + fine-tuned", pruned, example, xte, yte, quick))
     io.save(out / "pruned", res, onnx=True, example_inputs=example, factory=factory)

@@ -244,7 +244,7 @@ def save(path: PathLike, result: Any, *, onnx: bool = False, pt2: bool = False,
     module: nn.Module = result.module
     files = ["plan.json", "state_dict.pt", "meta.json"]
     with atomic_dir(path) as stage:
-        _write_text(stage / "plan.json", result.plan.to_json())
+        _write_text(stage / "plan.json", result.plan.to_json(indent=2) + "\n")
         with atomic_path(stage / "state_dict.pt") as tmp:
             torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
         if onnx:

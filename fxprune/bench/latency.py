@@ -80,10 +80,11 @@ class LatencyReport:
 
     def table(self, title: str | None = None) -> Any:
         """A ``rich.table.Table`` of the statistics."""
+        from rich.markup import escape
         from rich.table import Table
 
         if self.skipped:
-            title = title or f"{self.backend}: skipped ({self.skipped})"
+            title = title or f"{self.backend}: skipped ({escape(self.skipped)})"
         t = Table(title=title or f"{self.backend} {self.backend_version} on {self.device}, "
                                  f"{self.threads} threads", title_justify="left")
         for col in ("batch", "median ms", "IQR ms", "min ms", "samples/s", "runs"):
@@ -149,7 +150,8 @@ def latency(module: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Ten
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = ((example_inputs,) if isinstance(example_inputs, torch.Tensor)
+              else tuple(example_inputs))
     name = backend if isinstance(backend, str) else backend.name
     try:
         be = _resolve(backend, threads, backend_options)

@@ -74,25 +74,29 @@ class SpeedupReport:
 
     def table(self, title: str | None = None) -> Any:
         """A ``rich.table.Table``: per backend/batch, latencies, measured vs ideal."""
+        from rich.markup import escape
         from rich.table import Table
 
-        t = Table(title=title or (f"MACs {self.macs_original / 1e6:,.1f}M -> "
-                                  f"{self.macs_pruned / 1e6:,.1f}M (ideal speed-up "
+        t = Table(title=title or (f"MACs {_human(self.macs_original)} -> "
+                                  f"{_human(self.macs_pruned)} (ideal speed-up "
                                   f"{self.macs_speedup:.2f}x), params "
-                                  f"{self.params_original / 1e6:,.2f}M -> "
-                                  f"{self.params_pruned / 1e6:,.2f}M"), title_justify="left")
+                                  f"{_human(self.params_original)} -> "
+                                  f"{_human(self.params_pruned)}"), title_justify="left")
+        skips = {r.backend: r.skipped for r in self.rows if r.skipped}
+        if skips:
+            t.caption = "\n".join(f"{b} skipped: {escape(why)}" for b, why in skips.items())
+            t.caption_justify = "left"
         for col in ("backend", "batch", "original ms", "pruned ms", "speed-up", "ideal",
-                    "efficiency"):
-            t.add_column(col, justify="left" if col == "backend" else "right")
+                    "of ideal"):
+            t.add_column(col, justify="left" if col == "backend" else "right", no_wrap=True)
         for r in self.rows:
             if r.skipped:
-                t.add_row(r.backend, str(r.batch_size), f"[dim]skipped: {r.skipped}[/dim]",
-                          "", "", "", "")
+                t.add_row(r.backend, str(r.batch_size), "[dim]skipped[/dim]", "", "", "", "")
                 continue
             colour = "green" if r.efficiency >= 0.8 else "yellow" if r.efficiency >= 0.5 else "red"
             t.add_row(r.backend, str(r.batch_size),
-                      f"{r.original_ms:.3f} ± {r.original_iqr_ms / 2:.3f}",
-                      f"{r.pruned_ms:.3f} ± {r.pruned_iqr_ms / 2:.3f}",
+                      f"{r.original_ms:.3f}±{r.original_iqr_ms / 2:.3f}",
+                      f"{r.pruned_ms:.3f}±{r.pruned_iqr_ms / 2:.3f}",
                       f"{r.speedup:.2f}x", f"{self.macs_speedup:.2f}x",
                       f"[{colour}]{r.efficiency:.0%}[/{colour}]")
         return t
@@ -101,6 +105,14 @@ class SpeedupReport:
         from rich.console import Console
 
         (console or Console()).print(self.table())
+
+
+def _human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:g}"
 
 
 def _measure(backend: str, original: nn.Module, pruned: nn.Module,
@@ -138,7 +150,8 @@ def speedup(original: nn.Module, pruned: Any, example_inputs: torch.Tensor | Seq
     import fxprune
 
     pruned_mod: nn.Module = getattr(pruned, "module", pruned)
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = ((example_inputs,) if isinstance(example_inputs, torch.Tensor)
+              else tuple(example_inputs))
     c0, c1 = fxprune.count(original, inputs), fxprune.count(pruned_mod, inputs)
     report = SpeedupReport(int(c0.macs), int(c1.macs), int(c0.params), int(c1.params))
     with eval_mode(original, pruned_mod):

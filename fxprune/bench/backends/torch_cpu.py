@@ -1,5 +1,6 @@
 """``torch-cpu``: eager PyTorch on the CPU under ``torch.inference_mode``, timed with
-``time.perf_counter``; the intra-op thread count is set for the run and restored."""
+``time.perf_counter``; the intra-op thread count is set by ``prepare`` and restored by
+``close``."""
 from __future__ import annotations
 
 import copy
@@ -18,6 +19,7 @@ class TorchCPU(Backend):
     """Eager PyTorch on the CPU."""
 
     name = "torch-cpu"
+    _saved_threads: int | None = None
 
     @classmethod
     def check(cls) -> None:  # torch is always there
@@ -34,16 +36,20 @@ class TorchCPU(Backend):
         tensors = itertools.chain(module.parameters(), module.buffers())
         if any(t.device.type != "cpu" for t in tensors):
             module = copy.deepcopy(module).cpu()  # never move the caller's model
+        # set once, not per run: changing the pool size between runs re-creates threads
+        if self._saved_threads is None:
+            self._saved_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
 
         def run() -> float:
-            saved = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-            try:
-                with torch.inference_mode():
-                    t0 = time.perf_counter()
-                    module(*inputs)
-                    return (time.perf_counter() - t0) * 1e3
-            finally:
-                torch.set_num_threads(saved)
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                module(*inputs)
+                return (time.perf_counter() - t0) * 1e3
 
         return run
+
+    def close(self) -> None:
+        if self._saved_threads is not None:
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None

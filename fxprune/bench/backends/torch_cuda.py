@@ -18,6 +18,7 @@ class TorchCUDA(Backend):
     """Eager PyTorch (optionally CUDA graphs) on the current CUDA device."""
 
     name = "torch-cuda"
+    _saved_benchmark: bool | None = None
 
     @classmethod
     def check(cls) -> None:
@@ -47,7 +48,9 @@ class TorchCUDA(Backend):
         dtype = self.options.get("dtype", torch.float32)
         module = copy.deepcopy(module).to("cuda", dtype)  # never move the caller's model
         inputs = tuple(t.to("cuda", dtype) for t in inputs)
-        torch.backends.cudnn.benchmark = True
+        if self._saved_benchmark is None:
+            self._saved_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True  # autotune convolutions, as deployment would
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         graph = self._capture(module, inputs) if self.options.get("cuda_graphs", True) else None
 
@@ -63,3 +66,8 @@ class TorchCUDA(Backend):
             return start.elapsed_time(end)
 
         return run
+
+    def close(self) -> None:
+        if self._saved_benchmark is not None:
+            torch.backends.cudnn.benchmark = self._saved_benchmark
+            self._saved_benchmark = None

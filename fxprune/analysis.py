@@ -116,7 +116,10 @@ def graph_signature(gm: fx.GraphModule) -> tuple[str, ...]:
         meta = n.meta.get("tensor_meta")
         shape = list(meta.shape) if isinstance(meta, TensorMetadata) else ""
         target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
-        extra = type(gm.get_submodule(n.target)).__name__ if n.op == "call_module" else ""
+        extra = ""
+        if n.op == "call_module":
+            m = gm.get_submodule(n.target)
+            extra = f"{type(m).__name__}({m.extra_repr()})"
         lines.append(f"{n.name}|{n.op}|{target}|{extra}|{shape}")
     return tuple(lines)
 

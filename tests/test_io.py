@@ -72,8 +72,8 @@ def test_other_architecture_raises_plan_mismatch(tmp_path, result):
     path = io.save(tmp_path / "m", result, example_inputs=(X,))
     with pytest.raises(PlanMismatchError, match=r"node \d+ differs[\s\S]*act"):
         io.load(path, tiny_other)
-    # same graph, other kernel size: caught when the weights are loaded
-    with pytest.raises(PlanMismatchError, match=r"conv2\.weight"):
+    # same graph, other kernel size: the signature records module settings
+    with pytest.raises(PlanMismatchError, match=r"node \d+ differs[\s\S]*conv2[\s\S]*kernel_size"):
         io.load(path, tiny_kernel1)
 
 

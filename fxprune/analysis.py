@@ -136,7 +136,8 @@ def resolve_ignore(model: torch.nn.Module, ignore: Iterable) -> set[str]:
             prefix = names[id(item)]
         elif isinstance(item, torch.nn.Parameter):
             if id(item) not in pnames:
-                raise FxPruneError("ignore: parameter is not part of the model")
+                raise FxPruneError(f"ignore: a parameter of shape {tuple(item.shape)} is not part of "
+                                   "the model; pass the module or its qualified name")
             out.add(pnames[id(item)])
             continue
         elif isinstance(item, str):

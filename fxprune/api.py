@@ -60,6 +60,7 @@ def prune(
     target_params: float | None = None,
     calibration: Iterable | None = None,
     leaf_modules: Sequence = (),
+    concrete_args: dict | None = None,
     **criterion_kwargs: Any,
 ) -> PruneResult:
     """Score units with ``criterion``, pick the least important, shrink.
@@ -73,8 +74,12 @@ def prune(
         check_ratio(ratio)
     if round_to < 1:
         raise ValueError(f"round_to must be >= 1, got {round_to}")
-    cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules)
+    cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules,
+                 concrete_args=concrete_args)
     out = _scores(cg, model, criterion, calibration, criterion_kwargs)
+    if out.removed_blocks:  # depth pruning (SSS): delete branches, re-analyse the smaller graph
+        cg = _drop_blocks(model, example_inputs, out.removed_blocks, ignore, leaf_modules,
+                          concrete_args)
     settings = {"ratio": ratio if not isinstance(ratio, Mapping) else dict(ratio),
                 "global_ranking": global_ranking, "round_to": round_to,
                 **{k: v for k, v in criterion_kwargs.items() if isinstance(v, (int, float, str, bool))}}
@@ -89,7 +94,24 @@ def prune(
         removed = select_by_ratio(cg, out.scores, ratio, round_to)
     plan = make_plan(cg, removed, criterion, settings)
     plan = PruningPlan(**{**plan.__dict__, "removed_blocks": tuple(out.removed_blocks)})
-    return PruneResult(_shrink(cg, plan, out.weight_updates), plan, cg, example_inputs)
+    updates = out.weight_updates(plan) if callable(out.weight_updates) else out.weight_updates
+    return PruneResult(_shrink(cg, plan, updates), plan, cg, example_inputs)
+
+
+# --- depth pruning hook (SSS): plan.removed_blocks are deleted before channel analysis ---
+def _drop_blocks(model, example_inputs, blocks, ignore, leaf_modules,
+                 concrete_args=None) -> ChannelGraph:
+    from fxprune.passes.remove_branches import remove_branches
+
+    from .analysis import resolve_ignore
+    from .trace import trace
+
+    gm = trace(model, example_inputs, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    gm = remove_branches(gm, blocks)
+    left = {n for n, _ in gm.named_parameters()}
+    ignore = [n for n in resolve_ignore(model, ignore) if n in left]
+    return analyze(gm, example_inputs, ignore=ignore, warn=False)
+# --- end of depth pruning hook ---
 
 
 def _budget(cg, scores, example_inputs, target_macs, target_params, round_to) -> dict:
@@ -122,15 +144,20 @@ def _retrace(gm: fx.GraphModule, example_inputs: Any) -> fx.GraphModule:
 def apply_plan(model: torch.nn.Module, example_inputs: Any, plan: PruningPlan, *,
                ignore: Iterable = (), leaf_modules: Sequence = ()) -> PruneResult:
     """Replay a saved plan on a fresh model of the same architecture."""
-    cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, warn=False)
+    if plan.removed_blocks:  # depth pruning hook
+        cg = _drop_blocks(model, example_inputs, plan.removed_blocks, ignore, leaf_modules)
+    else:
+        cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, warn=False)
     return PruneResult(_shrink(cg, plan), plan, cg, example_inputs)
 
 
 def dead_channel_plan(model: torch.nn.Module, example_inputs: Any, fraction: float = 0.5, seed: int = 0,
-                      *, ignore: Iterable = (), exact_only: bool = True) -> PruneResult:
+                      *, ignore: Iterable = (), exact_only: bool = True, leaf_modules: Sequence = (),
+                      concrete_args: dict | None = None) -> PruneResult:
     """Prune a random ``fraction`` of units in every group (exact groups only by
     default): pair with verify() for the dead-channel equivalence test."""
-    cg = analyze(model, example_inputs, ignore=ignore, warn=False)
+    cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules,
+                 concrete_args=concrete_args, warn=False)
     rng = np.random.default_rng(seed)
     removed = {}
     for g in cg.groups:

@@ -41,6 +41,13 @@ def _lowest(scores: np.ndarray, n: int) -> list[int]:
 
 def select_by_ratio(cg: ChannelGraph, scores: Mapping[str, np.ndarray], ratio: float | Mapping[str, float],
                     round_to: int = 1) -> dict[str, list[int]]:
+    if isinstance(ratio, Mapping):
+        known = {g.id for g in cg.groups}
+        for gid, r in ratio.items():
+            if gid not in known:
+                raise FxPruneError(f"ratio names group {gid!r}, which is not a prunable group of this "
+                                   f"model; see fxprune.analyze(model, x).groups for the ids")
+            check_ratio(r, f"ratio for group {gid!r}")
     out = {}
     for g in cg.groups:
         r = ratio.get(g.id, 0.0) if isinstance(ratio, Mapping) else ratio

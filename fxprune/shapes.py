@@ -55,17 +55,22 @@ def _record(node: fx.Node, result: Any) -> None:
 class MetaInterpreter(fx.Interpreter):
     """Runs a graph with every tensor on the meta device."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, meta: bool = True):
         super().__init__(gm, garbage_collect_values=False)
+        self.meta = meta
         self._meta_state: dict[str, dict[str, torch.Tensor]] = {}
 
     def placeholder(self, target, args, kwargs):
-        return _to_meta(super().placeholder(target, args, kwargs))
+        value = super().placeholder(target, args, kwargs)
+        return _to_meta(value) if self.meta else value
 
     def get_attr(self, target, args, kwargs):
-        return _to_meta(super().get_attr(target, args, kwargs))
+        value = super().get_attr(target, args, kwargs)
+        return _to_meta(value) if self.meta else value
 
     def call_module(self, target, args, kwargs):
+        if not self.meta:
+            return super().call_module(target, args, kwargs)
         mod = self.fetch_attr(target)
         if isinstance(mod, _SAME_SHAPE) and len(args) == 1 and not kwargs and args[0].device.type == "meta":
             return torch.empty_like(args[0])  # shape-preserving: skip the (slow) meta decomposition

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import traceback
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -74,12 +75,16 @@ def _split_leaves(model: torch.nn.Module, leaf_modules: Iterable) -> tuple[tuple
     return tuple(types), names
 
 
+_LIBRARY_DIRS = tuple(str(Path(m.__file__).resolve().parent) for m in (torch,)) + (
+    str(Path(__file__).resolve().parent),)
+
+
 def _user_frame(exc: BaseException) -> str:
-    """The innermost frame outside torch/fxprune: the user's line that failed to trace."""
+    """The innermost frame outside torch and fxprune: the user's line that failed to trace."""
     frames = traceback.extract_tb(exc.__traceback__)
     for fr in reversed(frames):
-        path = fr.filename.replace("\\", "/")
-        if "/torch/" not in path and "/fxprune/" not in path:
+        path = str(Path(fr.filename).resolve()) if not fr.filename.startswith("<") else fr.filename
+        if not path.startswith(_LIBRARY_DIRS):
             return f'{fr.filename}:{fr.lineno}, in {fr.name}: "{(fr.line or "").strip()}"'
     return "<unknown location>"
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch.fx as fx
 
 from fxprune.channel_graph import ChannelGraph
+from fxprune.errors import PlanMismatchError
 from fxprune.plan import PruningPlan
 from fxprune.rewrite import finish, replace_tensor, select
 
@@ -33,6 +34,11 @@ def shrink(cg: ChannelGraph, plan: PruningPlan) -> fx.GraphModule:
     """A new, physically smaller GraphModule computing what the plan leaves."""
     plan.check_against(cg.signature, {g.id: g.size for g in cg.groups})
     keep = kept_indices(cg, plan)
+    for (key, d), idx in keep.items():
+        if idx.size == 0:
+            raise PlanMismatchError(
+                f"the plan removes every entry of dim {d} of {key[2:]!r} (e.g. a whole concat "
+                "branch); keep at least one unit of it")
     gm = copy.deepcopy(cg.gm)
     by_tensor: dict[str, dict[int, np.ndarray]] = {}
     for (key, d), idx in keep.items():

@@ -25,8 +25,8 @@ __all__ = ["fix_constants"]
 
 
 class _Fixup(MetaInterpreter):
-    def __init__(self, gm: fx.GraphModule, keep: dict[tuple[str, int], np.ndarray]):
-        super().__init__(gm)
+    def __init__(self, gm: fx.GraphModule, keep: dict[tuple[str, int], np.ndarray], meta: bool = True):
+        super().__init__(gm, meta=meta)
         self.keep = keep
 
     # ---- expected sizes ----------------------------------------------
@@ -202,7 +202,27 @@ def _fixer_for(n: fx.Node):
 
 def fix_constants(gm: fx.GraphModule, cg: ChannelGraph, keep) -> None:
     """Rewrite size constants in ``gm`` (in place) and check every node's new shape."""
-    inputs = [torch.empty(n.meta["tensor_meta"].shape, dtype=n.meta["tensor_meta"].dtype, device="meta")
-              for n in gm.graph.nodes if n.op == "placeholder"]
-    with torch.no_grad():
-        _Fixup(gm, keep).run(*inputs)
+    metas = []
+    for n in gm.graph.nodes:  # tensor inputs; concrete_args placeholders take their defaults
+        if n.op != "placeholder" or "tensor_meta" not in n.meta:
+            break
+        metas.append(n.meta["tensor_meta"])
+    try:
+        with torch.no_grad():
+            _Fixup(gm, keep).run(*[torch.empty(m.shape, dtype=m.dtype, device="meta") for m in metas])
+        return
+    except ShrinkError:
+        raise
+    except Exception:
+        pass  # an op without a meta kernel (data-dependent code in a leaf): run for real
+    gen = torch.Generator().manual_seed(0)
+    real = [torch.randn(m.shape, generator=gen).to(m.dtype) if m.dtype.is_floating_point
+            else torch.zeros(m.shape, dtype=m.dtype) for m in metas]
+    modes = [(mod, mod.training) for mod in gm.modules()]
+    gm.eval()
+    try:
+        with torch.no_grad():
+            _Fixup(gm, keep, meta=False).run(*real)
+    finally:
+        for mod, mode in modes:
+            mod.training = mode

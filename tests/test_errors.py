@@ -83,11 +83,6 @@ def test_leaf_modules_fix_lets_analysis_through() -> None:
     assert [fg.id for fg in cg.frozen if fg.barrier] == ["head.weight:1"]  # the leaf's output
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: passes/shrink_constants.py fix_constants() runs the graph on meta tensors with no "
-    "real-tensor fallback (fxprune/shapes.py propagate_shapes has one), so a leaf module with "
-    "data-dependent code -- the very fix TraceError suggests -- crashes shrink with "
-    "'RuntimeError: Tensor.item() cannot be called on meta tensors', even for an empty plan"))
 def test_leaf_modules_fix_lets_pruning_through() -> None:
     model = WithUntraceable()
     with warnings.catch_warnings():
@@ -103,11 +98,6 @@ def test_concrete_args_fix_lets_analysis_through() -> None:
     assert {g.id for g in cg.groups} == {"a.weight:0", "b.weight:0"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "API gap: TraceError suggests concrete_args=, but fxprune.prune() has no concrete_args "
-    "parameter (it lands in **criterion_kwargs and tracing fails again) and "
-    "dead_channel_plan()/apply_plan() take neither concrete_args nor (dead_channel_plan) "
-    "leaf_modules"))
 def test_concrete_args_fix_lets_pruning_through() -> None:
     model = FlagControlled()
     res = fxprune.prune(model, X, ratio=0.5, concrete_args={"flip": False})
@@ -122,15 +112,8 @@ def test_ratio_outside_unit_interval(ratio: float) -> None:
                    FxPruneError, "ratio")
 
 
-_SILENT = pytest.mark.xfail(strict=True, reason=(
-    "core bug: fxprune/select.py select_by_ratio() skips a per-group ratio <= 0 before "
-    "check_ratio(), "
-    "and never looks at dict keys that name no group, so both are silently ignored"))
-
-
-@pytest.mark.parametrize("ratio", [1.0, 1.5, pytest.param(-0.1, marks=_SILENT),
-                                   pytest.param({"conv9.weight:0": 0.5}, marks=_SILENT,
-                                                id="unknown-group")])
+@pytest.mark.parametrize("ratio", [1.0, 1.5, -0.1,
+                                   pytest.param({"conv9.weight:0": 0.5}, id="unknown-group")])
 def test_per_group_ratio_outside_unit_interval(ratio) -> None:
     model = T.build("residual")
     ratios = ratio if isinstance(ratio, dict) else {"conv1.weight:0": ratio}

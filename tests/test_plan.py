@@ -101,12 +101,6 @@ def test_hand_edited_plans_that_do_not_fit() -> None:
         PruningPlan.from_json(json.dumps({"removed": {}}))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: PruningPlan.check_against (fxprune/plan.py) only rejects removing every unit of a "
-    "group, not every entry of one member; make_plan's _keep_every_member guards plans it builds, "
-    "but a saved/hand-edited plan that removes all of conv_a's channels (units 0-3 of the concat "
-    "group) shrinks to Conv2d(3, 0), passes shrink's meta shape check, and the returned module "
-    "raises RuntimeError on its first forward"))
 def test_plan_that_empties_a_concat_branch_is_rejected() -> None:
     model, x = _build("concat_channels")
     cg = fxprune.analyze(model, x)

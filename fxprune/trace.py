@@ -18,21 +18,11 @@ import torch.fx as fx
 from .errors import TraceError
 from .shapes import propagate_shapes
 
-__all__ = ["trace", "as_tuple", "DEFAULT_LEAF_TYPES"]
+__all__ = ["trace", "as_tuple", "DEFAULT_LEAF_NAMES"]
 
 
-def _default_leaf_types() -> tuple[type, ...]:
-    types: list[type] = []
-    try:  # torchvision is a dependency, but keep tracing usable without it
-        from torchvision.ops.stochastic_depth import StochasticDepth
-
-        types.append(StochasticDepth)
-    except Exception:  # pragma: no cover
-        pass
-    return tuple(types)
-
-
-DEFAULT_LEAF_TYPES = _default_leaf_types()
+# Kept whole by (module, class name), so that importing fxprune does not import torchvision.
+DEFAULT_LEAF_NAMES = {("torchvision.ops.stochastic_depth", "StochasticDepth")}
 
 
 def as_tuple(example_inputs: Any) -> tuple:
@@ -57,11 +47,13 @@ class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
         if isinstance(m, self._leaf_types) or qualname in self._leaf_names:
             return True
+        if (type(m).__module__, type(m).__name__) in DEFAULT_LEAF_NAMES:
+            return True
         return super().is_leaf_module(m, qualname)
 
 
 def _split_leaves(model: torch.nn.Module, leaf_modules: Iterable) -> tuple[tuple[type, ...], set[str]]:
-    types, names = list(DEFAULT_LEAF_TYPES), set()
+    types, names = [], set()
     by_id = {id(m): n for n, m in model.named_modules()}
     for leaf in leaf_modules:
         if isinstance(leaf, type):

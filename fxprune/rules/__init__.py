@@ -21,7 +21,7 @@ from . import layers as L
 from . import shape as S
 from .base import Rule, RuleContext
 
-__all__ = ["MODULE_RULES", "FUNCTION_RULES", "METHOD_RULES", "rule_for", "RuleContext"]
+__all__ = ["MODULE_RULES", "FUNCTION_RULES", "METHOD_RULES", "NAMED_RULES", "rule_for", "RuleContext"]
 
 
 def _p(fn: Callable, **kw) -> Rule:
@@ -36,15 +36,6 @@ def _activation_types() -> list[type]:
         if isinstance(cls, type) and name not in special:
             out.append(cls)
     return out
-
-
-def _stochastic_depth() -> list[type]:
-    try:
-        from torchvision.ops.stochastic_depth import StochasticDepth
-
-        return [StochasticDepth]
-    except Exception:  # pragma: no cover
-        return []
 
 
 MODULE_RULES: dict[type, Rule] = {
@@ -63,7 +54,6 @@ MODULE_RULES: dict[type, Rule] = {
     nn.Identity: E.elementwise, nn.Dropout: E.elementwise, nn.Dropout1d: E.elementwise,
     nn.Dropout2d: E.elementwise, nn.Dropout3d: E.elementwise, nn.AlphaDropout: E.elementwise,
     nn.FeatureAlphaDropout: E.elementwise,
-    **{t: E.elementwise for t in _stochastic_depth()},
     nn.Softmax: lambda ctx: E.softmax_like(ctx, ctx.module.dim if ctx.module.dim is not None else 1),
     nn.Softmin: lambda ctx: E.softmax_like(ctx, ctx.module.dim if ctx.module.dim is not None else 1),
     nn.LogSoftmax: lambda ctx: E.softmax_like(ctx, ctx.module.dim if ctx.module.dim is not None else 1),
@@ -148,20 +138,22 @@ METHOD_RULES: dict[str, Rule] = {
 }
 
 
-def _torchvision_wrapped() -> dict[Callable, Rule]:
-    """torchvision wraps Swin's attention in torch.fx.wrap: it derives head_dim from the
-    input width (C // num_heads), so neither heads nor the width can shrink alone."""
-    try:
-        from torchvision.models import swin_transformer as sw
-    except Exception:  # pragma: no cover
-        return {}
-    why = "torchvision Swin attention derives head_dim from the input width"
-    return {sw.shifted_window_attention: A.frozen_by_design(why),
-            sw._get_relative_position_bias: A.frozen_by_design(why),
-            sw._patch_merging_pad: A.frozen_by_design("patch merging of a frozen Swin stage")}
+_SWIN = "torchvision Swin attention derives head_dim from the input width"
+
+# Known third-party ops, looked up by (module, name) so torchvision is never imported here.
+# torchvision wraps Swin's attention in torch.fx.wrap: it derives head_dim from the input
+# width (C // num_heads), so neither heads nor the width can shrink alone.
+NAMED_RULES: dict[tuple[str, str], Rule] = {
+    ("torchvision.ops.stochastic_depth", "StochasticDepth"): E.elementwise,
+    ("torchvision.models.swin_transformer", "shifted_window_attention"): A.frozen_by_design(_SWIN),
+    ("torchvision.models.swin_transformer", "_get_relative_position_bias"): A.frozen_by_design(_SWIN),
+    ("torchvision.models.swin_transformer", "_patch_merging_pad"):
+        A.frozen_by_design("patch merging of a frozen Swin stage"),
+}
 
 
-FUNCTION_RULES.update(_torchvision_wrapped())
+def _named(obj) -> Rule | None:
+    return NAMED_RULES.get((getattr(obj, "__module__", ""), getattr(obj, "__name__", "")))
 
 
 def rule_for(op: str, target, module: nn.Module | None) -> Rule | None:
@@ -172,9 +164,9 @@ def rule_for(op: str, target, module: nn.Module | None) -> Rule | None:
                 # a subclass that overrides forward may do anything: no guessing
                 same_forward = getattr(type(module), "forward", None) is getattr(cls, "forward", None)
                 return MODULE_RULES[cls] if same_forward else None
-        return None
+        return _named(type(module))
     if op == "call_function":
-        return FUNCTION_RULES.get(target)
+        return FUNCTION_RULES.get(target) or _named(target)
     if op == "call_method":
         return METHOD_RULES.get(target)
     return None

@@ -311,7 +311,7 @@ def remove_blocks(gm: fx.GraphModule, blocks: Sequence[str]) -> fx.GraphModule:
     gm = copy.deepcopy(gm)
     for block in blocks:
         add = _block_add(gm, block)
-        add.replace_all_uses_with(_split_add(add, block)[1])
+        add.replace_all_uses_with(_split_add(add, block)[0])
         gm.graph.erase_node(add)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from fxprune.channel_graph import ChannelGraph
 from fxprune.criteria import CriterionOutput
+from fxprune.errors import FxPruneError
 from fxprune.plan import PruningPlan
 
 from .calibration import require_calibration
@@ -101,6 +102,8 @@ def lasso_criterion(cg: ChannelGraph, *, model: nn.Module | None = None, calibra
                     num_batches: int = 10, num_samples: int | None = None, n_alphas: int = 100,
                     fallback: str | None = None, progress: bool = True, **_) -> CriterionOutput:
     """LASSO-path scores for single-consumer groups, plus least-squares refits of the consumers."""
+    if fallback not in (None, "l1"):
+        raise FxPruneError(f"lasso: fallback must be None or 'l1', got {fallback!r}")
     calibration = require_calibration(calibration, "lasso")
     cons = consumers(cg)
     grams, inputs = accumulate_grams(cg, cons, calibration, num_batches, num_samples,
@@ -113,7 +116,5 @@ def lasso_criterion(cg: ChannelGraph, *, model: nn.Module | None = None, calibra
         scores[gid] = s
     if fallback == "l1":
         scores.update({g.id: group_norm_scores(cg, g, 1) for g in cg.groups if g.id not in cons})
-    elif fallback is not None:
-        raise ValueError(f"lasso: fallback must be None or 'l1', got {fallback!r}")
     total = None if num_samples is None else num_samples * num_batches
     return CriterionOutput(scores=scores, weight_updates=_refit_updates(cg, cons, inputs, total))

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from fxprune.channel_graph import ChannelGraph, Group
 from fxprune.criteria import CriterionOutput
+from fxprune.errors import FxPruneError
 from fxprune.plan import PruningPlan
 from fxprune.rewrite import select
 
@@ -196,6 +197,8 @@ def thinet_criterion(cg: ChannelGraph, *, model: nn.Module | None = None, calibr
                      num_batches: int = 10, num_samples: int | None = None,
                      fallback: str | None = None, progress: bool = True, **_) -> CriterionOutput:
     """Greedy-order scores for single-consumer groups, plus the rescaling of the consumers."""
+    if fallback not in (None, "l1"):
+        raise FxPruneError(f"thinet: fallback must be None or 'l1', got {fallback!r}")
     calibration = require_calibration(calibration, "thinet")
     cons = consumers(cg)
     grams, _ = accumulate_grams(cg, cons, calibration, num_batches, num_samples,
@@ -208,6 +211,4 @@ def thinet_criterion(cg: ChannelGraph, *, model: nn.Module | None = None, calibr
         scores[gid] = s
     if fallback == "l1":
         scores.update({g.id: group_norm_scores(cg, g, 1) for g in cg.groups if g.id not in cons})
-    elif fallback is not None:
-        raise ValueError(f"thinet: fallback must be None or 'l1', got {fallback!r}")
     return CriterionOutput(scores=scores, weight_updates=_rescale_updates(cg, cons, grams))

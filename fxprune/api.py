@@ -26,9 +26,14 @@ class PruneResult:
     plan: PruningPlan
     graph: ChannelGraph = field(repr=False)
     example_inputs: Any = field(default=None, repr=False)
+    reconstructed: tuple[str, ...] = ()  # parameters a criterion re-fitted after shrink
 
     def counts(self) -> Counts:
         return count(self.module, self.example_inputs)
+
+    def structural_module(self) -> fx.GraphModule:
+        """The rewrite alone, before any reconstruction (ThiNet/LASSO) changed weights."""
+        return _shrink(self.graph, self.plan) if self.reconstructed else self.module
 
 
 def _shrink(cg: ChannelGraph, plan: PruningPlan, weight_updates: Mapping | None = None) -> fx.GraphModule:
@@ -95,7 +100,8 @@ def prune(
     plan = make_plan(cg, removed, criterion, settings)
     plan = PruningPlan(**{**plan.__dict__, "removed_blocks": tuple(out.removed_blocks)})
     updates = out.weight_updates(plan) if callable(out.weight_updates) else out.weight_updates
-    return PruneResult(_shrink(cg, plan, updates), plan, cg, example_inputs)
+    return PruneResult(_shrink(cg, plan, updates), plan, cg, example_inputs,
+                       tuple(sorted(updates or ())))
 
 
 # --- depth pruning hook (SSS): plan.removed_blocks are deleted before channel analysis ---

@@ -174,6 +174,41 @@ def _verify(model: torch.nn.Module, res: Any, x: tuple) -> None:
     err.print(f"verified: max relative difference {diff:.1e} from the oracle{note}")
 
 
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE for a criterion setting; VALUE is read as int, float, bool or string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False}.get(value.lower(), value)
+
+
+def _calibration(spec: str | None, x):
+    """random:N (N batches shaped like the input), cifar10:N or digits:N (N batches of 64)."""
+    if not spec:
+        return None
+    x = x[0] if isinstance(x, (tuple, list)) else x
+    kind, _, n = spec.partition(":")
+    n = int(n or 8)
+    if kind == "random":
+        gen = torch.Generator().manual_seed(0)
+        return [torch.randn(x.shape, generator=gen) for _ in range(n)]
+    from . import data
+
+    if kind not in ("cifar10", "digits"):
+        raise UsageError(f"--calibration: unknown data {kind!r}; use random:N, cifar10:N or digits:N")
+    ds = data.cifar10(train=False, subset=64 * n, augment=False) if kind == "cifar10" else \
+        data.digits(train=True, size=x.shape[-1])
+    batches = [ds[i] for i in range(min(len(ds), 64 * n))]
+    xs = torch.stack([b[0] for b in batches]).split(64)
+    ys = torch.tensor([int(b[1]) for b in batches]).split(64)
+    return list(zip(xs, ys))
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     import fxprune
 
@@ -181,10 +216,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     model, x, _, spec = _load(args.model, args.input_shape)
     kw = dict(criterion=args.criterion, ignore=_resolve_ignore(model, args.ignore),
-              global_ranking=args.global_ranking, round_to=args.round_to)
+              global_ranking=args.global_ranking, round_to=args.round_to,
+              calibration=_calibration(args.calibration, x), **dict(args.option))
     with err.status(f"pruning {escape(spec)}…"):
-        if args.ratio is not None:
-            res = fxprune.prune(model, x, ratio=args.ratio, **kw)
+        if args.target_macs is None:  # a criterion preset may set its own ratios
+            res = fxprune.prune(model, x, ratio=0.5 if args.ratio is None else args.ratio, **kw)
         else:  # a budget: global ranking, bisection on the ratio
             res = fxprune.prune(model, x, target_macs=args.target_macs, **kw)
     if not args.no_verify:
@@ -249,11 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("prune", parents=[common, model], help="prune and save a model")
-    how = s.add_mutually_exclusive_group(required=True)
+    how = s.add_mutually_exclusive_group(required=False)
     how.add_argument("--ratio", type=_ratio, help="fraction of each group's channels removed")
     how.add_argument("--target-macs", type=_fraction, metavar="F",
                      help="fraction of the original MACs to keep (searches the ratio)")
-    s.add_argument("--criterion", default="l1", help="importance criterion (default l1)")
+    s.add_argument("--criterion", default="l1", help="importance criterion (default l1): "
+                   "l1, l2, random, l1-filter, slimming, sss, thinet, lasso, taylor")
+    s.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="criterion setting, e.g. preset=resnet56-a or percent=0.4 (repeatable)")
+    s.add_argument("--calibration", metavar="DATA:N",
+                   help="calibration batches for data-driven criteria: random:N, cifar10:N, digits:N")
     s.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="layers kept whole")
     s.add_argument("--global", dest="global_ranking", action="store_true",
                    help="rank channels across groups instead of per group")

@@ -64,11 +64,14 @@ def verify(model: torch.nn.Module, result: Any, example_inputs: Any, *, rtol: fl
     """Max relative difference between the pruned module and the dead-unit oracle.
 
     Both run in eval mode. ``result`` is a PruneResult. Raises VerificationError
-    when ``raise_on_fail`` and the difference exceeds ``rtol``.
+    when ``raise_on_fail`` and the difference exceeds ``rtol``. When a criterion
+    re-fitted weights after the rewrite (ThiNet, LASSO), the rewrite itself is
+    what is verified.
     """
     inputs = as_tuple(example_inputs)
     dead = zero_removed(model, result.graph, result.plan).eval()
-    pruned = copy.deepcopy(result.module).eval()
+    structural = getattr(result, "structural_module", None)
+    pruned = copy.deepcopy(structural() if structural else result.module).eval()
     with torch.no_grad():
         diff = max_relative_diff(dead(*inputs), pruned(*inputs))
     if raise_on_fail and diff > rtol:

@@ -133,3 +133,17 @@ def test_demo_quick(tmp_path):
     assert "pruned + fine-tuned" in p.stdout
     assert (tmp_path / "d" / "demo.png").stat().st_size > 0
     assert (tmp_path / "d" / "pruned" / "plan.json").is_file()
+
+
+def test_criterion_options_and_calibration_are_parsed():
+    assert cli._option("preset=resnet56-a") == ("preset", "resnet56-a")
+    assert cli._option("percent=0.4") == ("percent", 0.4)
+    assert cli._option("num_batches=3") == ("num_batches", 3)
+    with pytest.raises(Exception, match="KEY=VALUE"):
+        cli._option("nonsense")
+    x = torch.randn(2, 3, 8, 8)
+    batches = cli._calibration("random:3", (x,))
+    assert len(batches) == 3 and all(b.shape == x.shape for b in batches)
+    assert not torch.equal(batches[0], batches[1])
+    with pytest.raises(cli.UsageError, match="unknown data"):
+        cli._calibration("imagenet:2", x)

@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prune", parents=[common, model], help="prune and save a model")
     how = s.add_mutually_exclusive_group(required=False)
-    how.add_argument("--ratio", type=_ratio, help="fraction of each group's channels removed")
+    how.add_argument("--ratio", type=_ratio, help="fraction of each group's channels removed (default 0.5)")
     how.add_argument("--target-macs", type=_fraction, metavar="F",
                      help="fraction of the original MACs to keep (searches the ratio)")
     s.add_argument("--criterion", default="l1", help="importance criterion (default l1): "

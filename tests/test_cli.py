@@ -107,7 +107,8 @@ def test_usage_errors_exit_2(capsys, argv, needle):
     assert needle in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [["prune", *TINY, "--out", "x"],  # no --ratio/--target-macs
+@pytest.mark.parametrize("argv", [["prune", *TINY, "--ratio", "0.5", "--target-macs", "0.5",
+                                   "--out", "x"],  # mutually exclusive
                                   ["prune", *TINY, "--ratio", "abc", "--out", "x"],
                                   ["bench", *TINY, "--batch", "0"], ["frobnicate"]])
 def test_argparse_errors_exit_2(capsys, argv):

@@ -1,0 +1,266 @@
+"""Measure fxprune on one torchvision model; run as a subprocess by ``bench/zoo.py``.
+
+    python bench/zoo_worker.py resnet18 --out /tmp/resnet18.json [--repeats 3] [--skip-tp]
+
+Each stage (build, analyze, prune, count, run, dead-channel verify, Torch-Pruning
+graph build, then the paired timing of analysis against Torch-Pruning) is measured
+independently: a failing stage records its error and
+the later stages still run where they can. The record is rewritten atomically
+after every stage, so a worker killed by the timeout still leaves what it
+measured. The model is never mutated by fxprune; Torch-Pruning runs last anyway.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torchvision
+from torch.utils._pytree import tree_flatten
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's fxprune
+import fxprune  # noqa: E402
+
+__all__ = ["classifier_of", "input_size", "build", "measure", "main"]
+
+# Transformers: LayerNorm groups mix channels, so only their exact groups are
+# checked by the dead-channel oracle. Everything else counts as a CNN.
+TRANSFORMER_PREFIXES = ("vit_", "swin_", "maxvit_")
+EQUIV_TOL = 1e-5
+
+
+def classifier_of(model: nn.Module) -> tuple[str, nn.Module]:
+    """The final classification layer (qualified name, module) to leave unpruned.
+
+    Prefers the conventional heads (``fc``, ``classifier``, ``heads``, ``head``)
+    and takes the last Linear inside a container head; otherwise the last Linear
+    in the model, or the last Conv2d for all-conv nets such as SqueezeNet.
+    """
+    for attr in ("fc", "classifier", "heads", "head"):
+        head = getattr(model, attr, None)
+        if not isinstance(head, nn.Module):
+            continue
+        for kind in (nn.Linear, nn.Conv2d):
+            if isinstance(head, kind):
+                return attr, head
+            inner = [(n, m) for n, m in head.named_modules() if isinstance(m, kind)]
+            if inner:
+                return f"{attr}.{inner[-1][0]}", inner[-1][1]
+    for kind in (nn.Linear, nn.Conv2d):
+        found = [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]
+        if found:
+            return found[-1]
+    raise ValueError(f"{type(model).__name__} has no Linear or Conv2d layer to keep as classifier")
+
+
+def input_size(name: str, model: nn.Module) -> int:
+    """Square input side the model is meant for.
+
+    A model with a fixed ``image_size`` (ViT: built with ``weights=None`` it is
+    224 even for vit_h_14, whose DEFAULT weights use 518) gets exactly that;
+    otherwise the crop size of the DEFAULT weights' transforms (inception_v3 299,
+    efficientnet_b7 600, swin_v2 256 ...).
+    """
+    fixed = getattr(model, "image_size", None)
+    if isinstance(fixed, int):
+        return fixed
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    crop = getattr(weights.transforms(), "crop_size", [224])
+    return int(crop[0])
+
+
+def build(name: str, size: int | None = None) -> tuple[nn.Module, torch.Tensor]:
+    """Random-init model in eval mode and a seeded 1×3×S×S input."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    with torch.no_grad():  # zero-initialised heads (ViT) make every output 0: nothing to compare
+        for p in model.parameters():
+            if p.dim() > 1 and not p.any():
+                p.normal_(0, 0.02)
+    s = size or input_size(name, model)
+    return model, torch.randn(1, 3, s, s)
+
+
+def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median wall time of ``repeats`` calls, and the last call's result."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def _error(e: BaseException) -> dict[str, str]:
+    """The traceback's last line ('Type: message', first line of a long message),
+    the whole message (torch.fx appends notes such as 'While executing ...'), and
+    the traceback's tail."""
+    message = "".join(traceback.format_exception_only(type(e), e)).strip()
+    return {"error": message.splitlines()[0] if message else type(e).__name__,
+            "message": message[:4000],
+            "traceback": "".join(traceback.format_exception(e))[-4000:]}
+
+
+def _shapes(y: Any) -> list[list[int]]:
+    leaves, _ = tree_flatten(y)
+    return [list(t.shape) for t in leaves if isinstance(t, torch.Tensor)]
+
+
+class Recorder:
+    """The result record, rewritten atomically to ``path`` after every stage."""
+
+    def __init__(self, path: Path, rec: dict[str, Any]):
+        self.path, self.rec = path, rec
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.part")
+        tmp.write_text(json.dumps(self.rec, indent=1, default=str))
+        os.replace(tmp, self.path)
+
+    def stage(self, name: str, fn: Callable[[], dict[str, Any]]) -> bool:
+        """Run one stage; merge its fields, or record its error under ``name``."""
+        self.rec["stage"] = name
+        self.save()
+        try:
+            self.rec.update(fn())
+            ok = True
+        except Exception as e:  # a benchmark records every failure and moves on
+            self.rec.setdefault("errors", {})[name] = _error(e)
+            ok = False
+        self.save()
+        return ok
+
+
+def _analyze(model: nn.Module, x: torch.Tensor, clf: nn.Module) -> dict:
+    t0 = time.perf_counter()
+    cg = fxprune.analyze(model, x, ignore=[clf])
+    barriers = [f.describe() for f in cg.frozen if f.barrier]
+    return {"analyze_first_s": time.perf_counter() - t0, "nodes": len(cg.gm.graph.nodes),
+            "groups": len(cg.groups), "mixing_groups": sum(bool(g.mixing) for g in cg.groups),
+            "units": sum(g.size for g in cg.groups), "frozen": len(cg.frozen),
+            "barrier_frozen": len(barriers), "barriers": barriers[:5]}
+
+
+def _prune(model: nn.Module, x: torch.Tensor, clf: nn.Module, state: dict) -> dict:
+    t0 = time.perf_counter()
+    res = fxprune.prune(model, x, ratio=0.5, criterion="l1", ignore=[clf])
+    state["res"] = res
+    return {"prune_s": time.perf_counter() - t0}
+
+
+def _count(model: nn.Module, x: torch.Tensor, state: dict) -> dict:
+    before = fxprune.count(model, x)
+    out = {"params_before": int(before.params), "macs_before": int(before.macs)}
+    if "res" in state:
+        after = fxprune.count(state["res"].module, x)
+        out.update(params_after=int(after.params), macs_after=int(after.macs))
+    return out
+
+
+def _runs(model: nn.Module, x: torch.Tensor, state: dict) -> dict:
+    with torch.no_grad():
+        want, got = _shapes(model(x)), _shapes(state["res"].module(x))
+    if want != got:
+        raise AssertionError(f"pruned output shapes {got} != original {want}")
+    return {"runs": True}
+
+
+def _dead(model: nn.Module, x: torch.Tensor, clf: nn.Module, state: dict) -> dict:
+    if hasattr(fxprune, "dead_channel_plan"):
+        res, method = fxprune.dead_channel_plan(model, x, fraction=0.5, seed=0,
+                                                ignore=[clf]), "dead_channel_plan"
+    else:  # core API not finished: check the real ratio-0.5 prune instead
+        res, method = state["res"], "prune"
+    diff = float(fxprune.verify(model, res, x))
+    return {"equiv_diff": diff, "equiv_method": method, "equiv_pass": diff < EQUIV_TOL}
+
+
+def _tp_build(model: nn.Module, x: torch.Tensor) -> Any:
+    import torch_pruning as tp
+
+    return tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
+
+
+def _tp(model: nn.Module, x: torch.Tensor) -> dict:
+    t0 = time.perf_counter()
+    dg = _tp_build(model, x)
+    return {"tp_first_s": time.perf_counter() - t0, "tp_modules": len(dg.module2node)}
+
+
+def _timing(model: nn.Module, x: torch.Tensor, clf: nn.Module, repeats: int,
+            fx_ok: bool, tp_ok: bool) -> dict:
+    """Median times of fxprune.analyze and TP's graph build, run alternately so
+    that load from other processes hits both alike (both already warmed up)."""
+    runs: dict[str, list[float]] = {"analyze": [], "tp": []}
+    for _ in range(repeats):
+        for key, ok, fn in (("analyze", fx_ok, lambda: fxprune.analyze(model, x, ignore=[clf])),
+                            ("tp", tp_ok, lambda: _tp_build(model, x))):
+            if ok:
+                gc.collect()  # TP's graph holds the traced activations; drop the last one
+                runs[key].append(_median_time(fn, 1)[0])
+    return {f"{k}_s": statistics.median(v) for k, v in runs.items() if v} | {
+        f"{k}_runs": v for k, v in runs.items() if v}
+
+
+def measure(name: str, out: Path, repeats: int = 3, skip_tp: bool = False,
+            size: int | None = None) -> dict[str, Any]:
+    """Run every stage on model ``name``; the record is also kept in ``out``."""
+    r = Recorder(out, {"model": name, "kind": "transformer" if name.startswith(
+        TRANSFORMER_PREFIXES) else "cnn", "threads": torch.get_num_threads()})
+    state: dict[str, Any] = {}
+
+    def setup() -> dict:
+        state["model"], state["x"] = build(name, size)
+        state["clf_name"], state["clf"] = classifier_of(state["model"])
+        return {"input": list(state["x"].shape), "classifier": state["clf_name"]}
+
+    if not r.stage("build", setup):
+        return r.rec
+    m, x, clf = state["model"], state["x"], state["clf"]
+    fx_ok = r.stage("analyze", lambda: _analyze(m, x, clf))
+    pruned = r.stage("prune", lambda: _prune(m, x, clf, state))
+    r.stage("count", lambda: _count(m, x, state))
+    r.rec["ok"] = pruned and r.stage("run", lambda: _runs(m, x, state))
+    r.stage("equiv", lambda: _dead(m, x, clf, state))
+    state.pop("res", None)  # free the pruned copy before TP's autograd-traced forward
+    gc.collect()
+    tp_ok = not skip_tp and r.stage("tp", lambda: _tp(m, x))
+    if fx_ok or tp_ok:
+        r.stage("timing", lambda: _timing(m, x, clf, repeats, fx_ok, tp_ok))
+    r.rec["stage"] = "done"
+    r.save()
+    return r.rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("--out", type=Path, required=True, help="JSON record to write")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs (median) per analysis")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--size", type=int, default=None, help="override the input side")
+    p.add_argument("--max-mem-gb", type=float, default=0, help="address-space limit (0: none)")
+    p.add_argument("--skip-tp", action="store_true")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.max_mem_gb:
+        lim = int(a.max_mem_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+    measure(a.model, a.out, a.repeats, a.skip_tp, a.size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -72,10 +72,25 @@ def _function_macs(node: fx.Node) -> int:
         return math.prod(out) * _shape(node.args[1])[-1]
     if t in (F.conv1d, F.conv2d, F.conv3d):
         return _conv_macs(out, _shape(node.args[1]))
+    if name in ("shifted_window_attention", "window_attention"):
+        return _window_attention_macs(node)
     if t in (torch.matmul, operator.matmul, torch.bmm) or name in ("matmul", "bmm"):
         a = _shape(node.args[0])
         return math.prod(out) * (a[-1] if a else 1)
     return 0
+
+
+def _window_attention_macs(node: fx.Node) -> int:
+    """Swin's fused window attention: qkv and proj linears plus q·kᵀ and attn·v per window."""
+    B, H, W, c_in = _shape(node.args[0])
+    window = node.args[4]
+    window = [getattr(w, "meta", {}).get("fxprune.value", w) for w in window]
+    rows = _shape(node.args[1])[0]
+    c_out = _shape(node)[-1]
+    tokens = B * math.ceil(H / window[0]) * window[0] * math.ceil(W / window[1]) * window[1]
+    n = window[0] * window[1]
+    inner = rows // 3
+    return tokens * (c_in * rows + inner * c_out) + 2 * tokens * n * inner
 
 
 def macs_of_graph(gm: fx.GraphModule) -> int:

@@ -192,11 +192,32 @@ _FUNCTION_FIXERS = {torch.reshape: fix_sizes, torch.split: fix_split, torch.chun
                     F.group_norm: fix_group_norm}
 
 
+def fix_window_attention(fx_: _Fixup, n: fx.Node) -> None:
+    """torchvision's shifted_window_attention → fxprune's window_attention with an
+    explicit head width, and the head count the pruned qkv weight implies."""
+    from fxprune.nn_window import window_attention
+
+    x = n.args[0]
+    heads = fx_.value(n.args[5])
+    hd = n.kwargs.get("head_dim") or x.meta["tensor_meta"].shape[-1] // heads
+    new_heads = fx_.value(n.args[1]).shape[0] // (3 * hd)
+    args = list(n.args)
+    args[5] = new_heads
+    n.args = tuple(args)
+    n.kwargs = {**n.kwargs, "head_dim": hd}
+    n.target = window_attention
+
+
+_NAMED_FIXERS = {("torchvision.models.swin_transformer", "shifted_window_attention"): fix_window_attention,
+                 ("fxprune.nn_window", "window_attention"): fix_window_attention}
+
+
 def _fixer_for(n: fx.Node):
     if n.op == "call_method":
         return _METHOD_FIXERS.get(n.target)
     if n.op == "call_function":
-        return _FUNCTION_FIXERS.get(n.target)
+        return _FUNCTION_FIXERS.get(n.target) or _NAMED_FIXERS.get(
+            (getattr(n.target, "__module__", ""), getattr(n.target, "__name__", "")))
     return None
 
 

@@ -138,17 +138,15 @@ METHOD_RULES: dict[str, Rule] = {
 }
 
 
-_SWIN = "torchvision Swin attention derives head_dim from the input width"
-
 # Known third-party ops, looked up by (module, name) so torchvision is never imported here.
-# torchvision wraps Swin's attention in torch.fx.wrap: it derives head_dim from the input
-# width (C // num_heads), so neither heads nor the width can shrink alone.
+# torchvision wraps Swin's attention in torch.fx.wrap; shrink rewrites those calls to
+# fxprune.nn_window.window_attention, whose head width is explicit.
 NAMED_RULES: dict[tuple[str, str], Rule] = {
     ("torchvision.ops.stochastic_depth", "StochasticDepth"): E.elementwise,
-    ("torchvision.models.swin_transformer", "shifted_window_attention"): A.frozen_by_design(_SWIN),
-    ("torchvision.models.swin_transformer", "_get_relative_position_bias"): A.frozen_by_design(_SWIN),
-    ("torchvision.models.swin_transformer", "_patch_merging_pad"):
-        A.frozen_by_design("patch merging of a frozen Swin stage"),
+    ("torchvision.models.swin_transformer", "shifted_window_attention"): A.window_attention,
+    ("fxprune.nn_window", "window_attention"): A.window_attention,
+    ("torchvision.models.swin_transformer", "_get_relative_position_bias"): A.relative_position_bias,
+    ("torchvision.models.swin_transformer", "_patch_merging_pad"): A.patch_merging_pad,
 }
 
 

@@ -118,3 +118,61 @@ def frozen_by_design(reason: str):
             ctx.freeze_all(r, reason)
 
     return rule
+
+
+def window_attention(ctx: RuleContext) -> None:
+    """Swin's (shifted_)window_attention(x, qkv_w, proj_w, rel_pos_bias, window, heads, ...):
+    a unit is one head (its q, k, v rows, proj columns, bias row and logit scale);
+    the input width feeds qkv columns and the output width is proj's rows."""
+    x, y = ctx.arg(0, "input"), ctx.out()
+    w_qkv, w_proj, rpb = ctx.arg(1, "qkv_weight"), ctx.arg(2, "proj_weight"), ctx.arg(3)
+    b_qkv, b_proj = ctx.arg(9, "qkv_bias"), ctx.arg(10, "proj_bias")
+    logit = ctx.arg(11, "logit_scale")
+    heads = ctx.value(5, "num_heads")
+    if x is None or y is None or w_qkv is None or w_proj is None:
+        return
+    hd = ctx.node.kwargs.get("head_dim") or x.shape[-1] // heads
+    inner = heads * hd
+    rows, cols, h = np.arange(3 * inner), np.arange(inner), np.arange(heads)
+    ctx.link(w_qkv, 0, rows, w_qkv, 0, (rows % inner) // hd * hd, "strided")
+    ctx.link(w_proj, 1, cols, w_qkv, 0, (cols // hd) * hd, "block")
+    ctx.couple(b_qkv, 0, w_qkv, 0)
+    ctx.couple(w_qkv, 1, x, -1)
+    ctx.couple(w_proj, 0, y, -1)
+    ctx.couple(b_proj, 0, y, -1)
+    for ref in (rpb, logit):
+        if ref is not None:
+            d = 1 if ref is rpb else 0
+            ctx.link(ref, d, h, w_qkv, 0, h * hd, "block")
+            for k in range(ref.ndim):
+                if k != d:
+                    ctx.freeze(ref, k, "window positions", "structural")
+    for k in range(x.ndim - 1):
+        ctx.couple(x, k, y, k)
+
+
+def relative_position_bias(ctx: RuleContext) -> None:
+    """table[index] → (1, heads, N, N): the heads column of the table is the heads dim."""
+    table, y = ctx.arg(0), ctx.out()
+    if table is None or y is None:
+        return
+    ctx.freeze(table, 0, "relative positions", "structural")
+    ctx.couple(table, 1, y, 1)
+    for k in (0, 2, 3):
+        ctx.freeze(y, k, "window positions", "structural")
+
+
+def patch_merging_pad(ctx: RuleContext) -> None:
+    """x[..., H, W, C] → [..., H/2, W/2, 4C] (four strided patches concatenated on C)."""
+    x, y = ctx.arg(0), ctx.out()
+    if x is None or y is None:
+        return
+    C = x.shape[-1]
+    c = np.arange(C)
+    for k in range(4):
+        ctx.link(x, -1, c, y, -1, k * C + c, "offset")
+    for k in range(x.ndim - 3):
+        ctx.couple(x, k, y, k)
+    for k in (-3, -2):
+        ctx.freeze(x, k, "spatial dim", "structural")
+        ctx.freeze(y, k, "spatial dim", "structural")

@@ -68,6 +68,14 @@ class MetaInterpreter(fx.Interpreter):
         value = super().get_attr(target, args, kwargs)
         return _to_meta(value) if self.meta else value
 
+    def call_function(self, target, args, kwargs):
+        fast = _FAST_FUNCTIONS.get(target) if self.meta else None
+        tensors = args[0] if args else kwargs.get("tensors")
+        if fast is not None and tensors and all(
+                isinstance(t, torch.Tensor) and t.device.type == "meta" for t in tensors):
+            return fast(tensors, *args[1:], **{k: v for k, v in kwargs.items() if k != "tensors"})
+        return super().call_function(target, args, kwargs)
+
     def call_module(self, target, args, kwargs):
         if not self.meta:
             return super().call_module(target, args, kwargs)
@@ -79,6 +87,18 @@ class MetaInterpreter(fx.Interpreter):
             state = {k: v.to("meta") for k, v in list(mod.named_parameters()) + list(mod.named_buffers())}
             self._meta_state[target] = state
         return torch.func.functional_call(mod, state, args, kwargs)
+
+
+def _meta_cat(tensors, dim=0, *, out=None):
+    """torch.cat's shape on meta tensors without the (slow) reference decomposition."""
+    tensors = [t for t in tensors if t.numel() or t.dim() > 1]
+    d = dim % tensors[0].dim()
+    shape = list(tensors[0].shape)
+    shape[d] = sum(t.shape[d] for t in tensors)
+    return torch.empty(shape, dtype=tensors[0].dtype, device="meta")
+
+
+_FAST_FUNCTIONS = {torch.cat: _meta_cat, torch.concat: _meta_cat}
 
 
 class _MetaProp(MetaInterpreter):

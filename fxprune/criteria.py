@@ -54,5 +54,6 @@ def _load_builtin() -> None:
     CRITERIA.setdefault("random", magnitude.random_scores)
     try:  # criterion passes from passes/ register themselves on import
         import fxprune.passes.criteria  # noqa: F401
+        import fxprune.passes.jackpot_criterion  # noqa: F401
     except ImportError:
         pass

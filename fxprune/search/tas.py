@@ -216,7 +216,7 @@ def fit_to_target(space: TASSpace, supernet: Supernet, w_idx: list[int], d_idx: 
             raise FxPruneError(f"cannot reach target {target:.3f} of the MACs: the smallest "
                                f"architecture in the search space keeps {F_cur:.3f}")
         _, idx, F_cur = move
-    while False:
+    while F_cur < target - tolerance:
         move = _best_move(space, idx, lps, F_cur, +1, target, target - tolerance)
         if move is None:
             break

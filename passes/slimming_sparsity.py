@@ -66,7 +66,7 @@ def bn_sparsity_hook(s: float = SLIMMING_S_VGG) -> Callable[[nn.Module], int]:
     if s < 0:
         raise ValueError(f"sparsity strength s must be >= 0, got {s}")
 
-    def grad_hook(model: nn.Module) -> int:
+    def grad_hook(model: nn.Module, *_: object) -> int:  # fxprune.train passes (model, optimizer)
         return add_bn_l1_subgradient(model, s)
 
     grad_hook.s = s  # type: ignore[attr-defined]  # so a checkpoint can record it

@@ -321,6 +321,13 @@ def fold(model: nn.Module, *, copy: bool = False) -> nn.Module:
     """
     if copy:
         model = _copy.deepcopy(model)
+        for module in model.modules():
+            if parametrize.is_parametrized(module):
+                # the copy shares torch's generated Parametrized* class with the original;
+                # removing a parametrization deletes its property from that class, so give
+                # the copy a class of its own first
+                cls = module.__class__
+                module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
     for mname, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue

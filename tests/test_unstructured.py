@@ -193,3 +193,15 @@ def test_report_table_renders() -> None:
     console = Console(file=io.StringIO(), width=100)
     console.print(sparsity_table(rows))
     assert "conv2.weight" in console.file.getvalue()
+
+
+def test_fold_copy_leaves_the_masked_original_working():
+    """fold(copy=True) must not delete the weight property from the original's class."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    apply_masks(net, magnitude_masks(net, 0.5))
+    x = torch.randn(1, 3, 8, 8)
+    before = net(x)
+    folded = fold(net, copy=True)
+    assert torch.equal(net(x), before)          # the original still computes
+    assert torch.equal(folded(x), before)       # the copy computes the same, unparametrized
+    assert parametrize.is_parametrized(net[0]) and not parametrize.is_parametrized(folded[0])

@@ -12,7 +12,7 @@ Arms: L1-filter pruning (Li et al. 2017) of a CIFAR ResNet in the style of
 ResNet-56-A/B (first conv of each block, per-stage ratios), VGG-16-A (paper
 preset), and Network Slimming on a VGG-19 (global |gamma| threshold).
 
-    python bench/experiments/rethinking.py --preset cpu      # ~20 min, shared 2-core CPU
+    python bench/experiments/rethinking.py --preset cpu      # ~11 min, shared 2-core CPU
     python bench/experiments/rethinking.py --preset paper    # the paper's schedule, GPU
 
 Every run checkpoints each epoch under `--work`; rerunning the same command

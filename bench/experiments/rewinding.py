@@ -18,7 +18,7 @@ every method continuing its own chain):
 - **unstructured**: global magnitude masks over conv + linear weights
   (`magnitude_masks(scope="global")`), kept by parametrizations while retraining.
 
-    python bench/experiments/rewinding.py --preset cpu      # ~20 min, shared 2-core CPU
+    python bench/experiments/rewinding.py --preset cpu      # ~11 min, shared 2-core CPU
     python bench/experiments/rewinding.py --preset paper    # ResNet-56, GPU
 
 Rerunning the same command resumes from the checkpoints under `--work`.

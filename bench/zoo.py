@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     # build runs one) slows down 10-60x from oversubscription, which skews the ratio.
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per worker (default 1; 0: torch's default)")
-    p.add_argument("--max-mem-gb", type=float, default=12, help="per-worker limit (0: none)")
+    p.add_argument("--max-mem-gb", type=float, default=16, help="per-worker limit (0: none)")
     p.add_argument("--size", type=int, default=None, help="input side for every model")
     p.add_argument("--resume", action="store_true", help="skip models already finished in --out")
     p.add_argument("--report-only", action="store_true", help="print the report from --out")

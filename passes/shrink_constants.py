@@ -21,6 +21,8 @@ from fxprune.channel_graph import ChannelGraph
 from fxprune.errors import ShrinkError
 from fxprune.shapes import MetaInterpreter
 
+from .shrink_modules import new_shape
+
 __all__ = ["fix_constants"]
 
 
@@ -31,13 +33,7 @@ class _Fixup(MetaInterpreter):
 
     # ---- expected sizes ----------------------------------------------
     def expected(self, node: fx.Node, k: int | None = None) -> list[int] | None:
-        meta = node.meta.get("tensor_meta")
-        if k is not None:
-            meta = meta[k] if isinstance(meta, (list, tuple)) and k < len(meta) else None
-        if not isinstance(meta, TensorMetadata):
-            return None
-        key = f"n:{node.name}" if k is None else f"n:{node.name}.{k}"
-        return [len(self.keep[(key, d)]) if (key, d) in self.keep else s for d, s in enumerate(meta.shape)]
+        return new_shape(node, self.keep, k)
 
     def removed_before(self, node: fx.Node, d: int, pos: int) -> int:
         """How many of the first ``pos`` indices of dim d of ``node`` the plan removes."""

@@ -11,12 +11,25 @@ from typing import Callable
 import numpy as np
 import torch.fx as fx
 import torch.nn as nn
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from fxprune.channel_graph import ChannelGraph
 from fxprune.nn import PrunedMultiheadAttention
 from fxprune.rewrite import set_submodule
 
-__all__ = ["update_modules", "MODULE_UPDATERS"]
+__all__ = ["update_modules", "MODULE_UPDATERS", "new_shape"]
+
+
+def new_shape(node: fx.Node, keep: dict[tuple[str, int], np.ndarray],
+              k: int | None = None) -> list[int] | None:
+    """The shape of ``node``'s output (its k-th, for tuples) once the plan is applied."""
+    meta = node.meta.get("tensor_meta")
+    if k is not None:
+        meta = meta[k] if isinstance(meta, (list, tuple)) and k < len(meta) else None
+    if not isinstance(meta, TensorMetadata):
+        return None
+    key = f"n:{node.name}" if k is None else f"n:{node.name}.{k}"
+    return [len(keep[(key, d)]) if (key, d) in keep else s for d, s in enumerate(meta.shape)]
 
 
 class _Sizes:
@@ -25,11 +38,8 @@ class _Sizes:
     def __init__(self, keep: dict[tuple[str, int], np.ndarray]):
         self.keep = keep
 
-    def shape(self, node: fx.Node, k: int | None = None) -> list[int]:
-        meta = node.meta["tensor_meta"]
-        meta = meta if k is None else meta[k]
-        key = f"n:{node.name}" if k is None else f"n:{node.name}.{k}"
-        return [len(self.keep[(key, d)]) if (key, d) in self.keep else s for d, s in enumerate(meta.shape)]
+    def shape(self, node: fx.Node, k: int | None = None) -> list[int] | None:
+        return new_shape(node, self.keep, k)
 
 
 def _conv(m, old, node, sizes):

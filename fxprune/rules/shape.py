@@ -343,32 +343,32 @@ def _factor(ctx: RuleContext) -> int:
     return int(ctx.value(1, "upscale_factor", ctx.value(1, "downscale_factor", 1)))
 
 
-def pixel_shuffle(ctx: RuleContext) -> None:
-    """(B, C*r², H, W) → (B, C, rH, rW): output channel c owns input block [c*r², (c+1)*r²)."""
+def _pixel_blocks(ctx: RuleContext, coarse_is_output: bool) -> None:
+    """Channel c of the coarse side owns the block [c*r², (c+1)*r²) of the fine side."""
     x, y = ctx.arg(0), ctx.out()
     if x is None or y is None:
         return
     r2 = _factor(ctx) ** 2
     ctx.couple(x, 0, y, 0)
-    flat = np.arange(x.shape[1])
-    ctx.link(x, 1, flat, y, 1, flat // r2, "block")
+    fine = x if coarse_is_output else y
+    flat = np.arange(fine.shape[1])
+    if coarse_is_output:
+        ctx.link(x, 1, flat, y, 1, flat // r2, "block")
+    else:
+        ctx.link(x, 1, flat // r2, y, 1, flat, "block")
     for k in (2, 3):
         ctx.freeze(x, k, "spatial dim", "structural")
         ctx.freeze(y, k, "spatial dim", "structural")
+
+
+def pixel_shuffle(ctx: RuleContext) -> None:
+    """(B, C*r², H, W) → (B, C, rH, rW): output channel c owns input block [c*r², (c+1)*r²)."""
+    _pixel_blocks(ctx, coarse_is_output=True)
 
 
 def pixel_unshuffle(ctx: RuleContext) -> None:
     """(B, C, rH, rW) → (B, C*r², H, W): input channel c owns output block [c*r², (c+1)*r²)."""
-    x, y = ctx.arg(0), ctx.out()
-    if x is None or y is None:
-        return
-    r2 = _factor(ctx) ** 2
-    ctx.couple(x, 0, y, 0)
-    flat = np.arange(y.shape[1])
-    ctx.link(x, 1, flat // r2, y, 1, flat, "block")
-    for k in (2, 3):
-        ctx.freeze(x, k, "spatial dim", "structural")
-        ctx.freeze(y, k, "spatial dim", "structural")
+    _pixel_blocks(ctx, coarse_is_output=False)
 
 
 def channel_shuffle(ctx: RuleContext) -> None:

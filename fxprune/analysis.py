@@ -8,16 +8,13 @@ from __future__ import annotations
 import warnings
 from typing import Any, Iterable, Sequence
 
-import networkx as nx
-import numpy as np
 import torch
 import torch.fx as fx
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from .channel_graph import ChannelGraph, FrozenGroup, Group, Member, _readonly
-from .elements import ElementSpace, Freeze, TensorRef
+from .channel_graph import ChannelGraph, graph_signature
+from .elements import ElementSpace, TensorRef
+from .grouping import find_groups
 from .errors import FxPruneError
 from .rules import RuleContext, rule_for
 from .trace import trace
@@ -109,21 +106,6 @@ def _barrier(space, node, refs, module, why: str) -> None:
                 space.freeze_all(r, reason, node.name, "barrier")
 
 
-def graph_signature(gm: fx.GraphModule) -> tuple[str, ...]:
-    """One line per node: enough to tell two architectures apart."""
-    lines = []
-    for n in gm.graph.nodes:
-        meta = n.meta.get("tensor_meta")
-        shape = list(meta.shape) if isinstance(meta, TensorMetadata) else ""
-        target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
-        extra = ""
-        if n.op == "call_module":
-            m = gm.get_submodule(n.target)
-            extra = f"{type(m).__name__}({m.extra_repr()})"
-        lines.append(f"{n.name}|{n.op}|{target}|{extra}|{shape}")
-    return tuple(lines)
-
-
 def resolve_ignore(model: torch.nn.Module, ignore: Iterable) -> set[str]:
     """Qualified parameter names of the ignored modules / parameters / names."""
     names: dict[int, str] = {id(m): n for n, m in model.named_modules()}
@@ -170,96 +152,23 @@ def analyze(
     for node in gm.graph.nodes:
         refs[node.name] = _output_refs(space, node)
         _run_node(space, node, refs, params, gm)
-    for ref in list(space.refs.values()):
-        for d in range(ref.ndim):
-            if (ref.key, d) not in space.touched:
-                space.freeze(ref, d, "coupled by no rule", ref.key[2:], "uncoupled")
+    for d in range(len(space.dim_size)):
+        if d not in space.touched:
+            key, axis = space.dim_key[d]
+            space.freeze(space.refs[key], axis, "coupled by no rule", key[2:], "uncoupled")
     aliases: dict[str, tuple[str, ...]] = {}
     for name, key in params.canon.items():
         aliases[key] = aliases.get(key, ()) + (name,)
-    cg = _groups(gm, space, ignored, aliases)
+    groups, frozen = find_groups(space, ignored)
+    keys = space.dim_key
+    cg = ChannelGraph(gm, tuple(groups), tuple(frozen),
+                      dim_sizes={keys[d]: space.dim_size[d] for d in space.touched},
+                      tensor_names=aliases,
+                      dim_edges=tuple((keys[a], keys[b], k) for a, b, k in
+                                      zip(space.edge_a, space.edge_b, space.edge_kind)))
     if warn:
         _warn_barriers(cg)
     return cg
-
-
-def _labels(space: ElementSpace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = space.size
-    a = np.concatenate(space.link_a) if space.link_a else np.zeros(0, np.int64)
-    b = np.concatenate(space.link_b) if space.link_b else np.zeros(0, np.int64)
-    graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(n, n))
-    ncomp, lab = connected_components(graph, directed=False)
-    frozen = np.zeros(ncomp, bool)
-    if space.frozen_ids:
-        frozen[lab[np.concatenate(space.frozen_ids)]] = True
-    owns_param = np.zeros(ncomp, bool)
-    first = np.full(ncomp, n, np.int64)
-    np.minimum.at(first, lab, np.arange(n))
-    for ref in space.refs.values():
-        if ref.key[0] == "p":
-            for d in range(ref.ndim):
-                owns_param[lab[ref.ids(d)]] = True
-    return lab, frozen | ~owns_param, first
-
-
-def _groups(gm: fx.GraphModule, space: ElementSpace, ignored: set[str],
-            aliases: dict[str, tuple[str, ...]]) -> ChannelGraph:
-    lab, frozen, first = _labels(space)
-    g = nx.Graph()
-    for key, d in sorted(space.touched):
-        g.add_node((key, d), size=space.refs[key].shape[d])
-    for u, v, kind in space.dim_edges:
-        g.add_edge(u, v, kind=kind)
-    freezes_by_dim: dict[tuple[str, int], list[Freeze]] = {}
-    for f in space.freezes:
-        freezes_by_dim.setdefault((f.key, f.dim), []).append(f)
-    groups, frozen_groups = [], []
-    base_of = lambda kd: space.refs[kd[0]].base[kd[1]]  # noqa: E731
-    components = sorted((sorted(c, key=base_of) for c in nx.connected_components(g)),
-                        key=lambda dims: base_of(dims[0]))  # deterministic, whatever the hash seed
-    for dims in components:
-        if not any(k[0] == "p" for k, _ in dims):
-            continue
-        reasons = tuple(f for kd in dims for f in freezes_by_dim.get(kd, ()))
-        if reasons and all(f.kind == "structural" for f in reasons):
-            continue  # kernel taps, spatial dims: never channels
-        pdims = [kd for kd in dims if kd[0][0] == "p"]
-        gid = f"{pdims[0][0][2:]}:{pdims[0][1]}"
-        hit = sorted({k[2:] for k, _ in pdims} & ignored)
-        if hit:
-            reasons = (Freeze(pdims[0][0], pdims[0][1], f"ignored by the user ({hit[0]})",
-                              hit[0], "ignored"),) + reasons
-            frozen_groups.append(FrozenGroup(gid, tuple(f"{k[2:]}:{d}" for k, d in dims), reasons))
-            continue
-        group = _make_group(gid, dims, space, lab, frozen, first, reasons)
-        if group is None:
-            frozen_groups.append(FrozenGroup(gid, tuple(f"{k[2:]}:{d}" for k, d in dims), reasons))
-        else:
-            groups.append(group)
-    dim_sizes = {kd: space.refs[kd[0]].shape[kd[1]] for kd in space.touched}
-    return ChannelGraph(gm, tuple(groups), tuple(frozen_groups), g, graph_signature(gm), dim_sizes,
-                        aliases)
-
-
-def _make_group(gid, dims, space, lab, frozen, first, reasons) -> Group | None:
-    per_dim = []
-    for key, d in dims:
-        ids = space.refs[key].ids(d)
-        labels = lab[ids]
-        keep = ~frozen[labels]
-        per_dim.append((key, d, ids.size, np.nonzero(keep)[0], labels[keep]))
-    all_labels = np.unique(np.concatenate([p[4] for p in per_dim]))
-    if all_labels.size == 0:
-        return None
-    order = all_labels[np.argsort(first[all_labels], kind="stable")]
-    unit_of = np.empty(int(order.max()) + 1, np.int64)
-    unit_of[order] = np.arange(order.size)
-    members = []
-    for key, d, length, idx, labels in per_dim:
-        if idx.size:
-            members.append(Member(key, d, length, _readonly(idx), _readonly(unit_of[labels])))
-    mixing = any((key, d) in space.mixing for key, d in dims)
-    return Group(gid, len(order), tuple(members), mixing, reasons)
 
 
 def _warn_barriers(cg: ChannelGraph) -> None:

@@ -3,26 +3,45 @@
 ``groups`` are the prunable groups: sets of coupled tensor dims whose units
 (connected components of the element link graph) must be removed together.
 ``frozen`` lists groups that cannot be pruned and why. ``graph`` is the
-networkx graph of tensor dims the groups were read from.
+networkx graph of tensor dims whose connected components are the groups; it
+and the architecture ``signature`` are built on first use (the groups
+themselves are computed with scipy from the same edges, see grouping.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterator
 
 import networkx as nx
 import numpy as np
 import torch.fx as fx
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from .elements import Freeze
 
-__all__ = ["ChannelGraph", "Group", "Member", "FrozenGroup"]
+__all__ = ["ChannelGraph", "Group", "Member", "FrozenGroup", "graph_signature"]
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     a.setflags(write=False)
     return a
+
+
+def graph_signature(gm: fx.GraphModule) -> tuple[str, ...]:
+    """One line per node: enough to tell two architectures apart."""
+    lines = []
+    for n in gm.graph.nodes:
+        meta = n.meta.get("tensor_meta")
+        shape = list(meta.shape) if isinstance(meta, TensorMetadata) else ""
+        target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+        extra = ""
+        if n.op == "call_module":
+            m = gm.get_submodule(n.target)
+            extra = f"{type(m).__name__}({m.extra_repr()})"
+        lines.append(f"{n.name}|{n.op}|{target}|{extra}|{shape}")
+    return tuple(lines)
 
 
 @dataclass(frozen=True)
@@ -110,10 +129,24 @@ class ChannelGraph:
     gm: fx.GraphModule
     groups: tuple[Group, ...]
     frozen: tuple[FrozenGroup, ...]
-    graph: nx.Graph
-    signature: tuple[str, ...]
     dim_sizes: dict = field(repr=False, default_factory=dict)  # (key, dim) -> length
     tensor_names: dict = field(repr=False, default_factory=dict)  # "p:x" -> all aliases of x
+    dim_edges: tuple = field(repr=False, default=())  # ((key, dim), (key, dim), kind) per link
+
+    @cached_property
+    def graph(self) -> nx.Graph:
+        """Tensor dims (``(key, dim)``, with their ``size``) joined by the links of the rules."""
+        g = nx.Graph()
+        for kd, n in self.dim_sizes.items():
+            g.add_node(kd, size=n)
+        for u, v, kind in self.dim_edges:
+            g.add_edge(u, v, kind=kind)
+        return g
+
+    @cached_property
+    def signature(self) -> tuple[str, ...]:
+        """One line per graph node: what a plan is checked against."""
+        return graph_signature(self.gm)
 
     def group(self, gid: str) -> Group:
         for g in self.groups:

@@ -1,13 +1,20 @@
 """The element space the op rules write into.
 
 Every dimension of every tensor in the graph (node outputs, parameters,
-buffers) gets a contiguous range of integer *element* ids, one per index along
-that dimension. Rules *link* elements that must be removed together and
-*freeze* elements that must never be removed. Connected components of the link
-graph are the pruning units; a unit touching a frozen element is frozen.
+buffers) is a *dim* with an integer id; index ``i`` along dim ``d`` is the
+*element* ``(d, i)``. Rules *link* elements that must be removed together and
+*freeze* dims that must never be pruned. Connected components of the element
+links are the pruning units; a unit touching a frozen dim is frozen.
 
-Links are stored as numpy index arrays, so a flatten that ties one channel to
-49 features, or a head that owns 64 rows, costs one vectorised call.
+Links come in three shapes, cheapest first:
+
+- *same*: two whole dims of equal size are the same channels (identity).
+  Most links are of this kind: elementwise ops, norms, producer outputs.
+- *runs*: ``a[sa + k]`` is ``b[sb + k]`` for k < n (concat and split offsets).
+- *arrays*: any other index map (flatten blocks, head strides, shuffles).
+
+The first two are stored as plain ints, so a rule pays no numpy call for
+them; ``fxprune.grouping`` expands everything once, vectorised.
 """
 from __future__ import annotations
 
@@ -18,83 +25,110 @@ import numpy as np
 __all__ = ["TensorRef", "ElementSpace", "Freeze"]
 
 
-@dataclass(frozen=True)
 class TensorRef:
     """One tensor of the graph: ``key`` is ``n:<node>`` or ``p:<param>``/``b:<buffer>``."""
 
-    key: str
-    shape: tuple[int, ...]
-    base: tuple[int, ...]  # first element id of each dim
+    __slots__ = ("key", "shape", "dims", "ndim")
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
+    def __init__(self, key: str, shape: tuple[int, ...], dims: tuple[int, ...]):
+        self.key = key
+        self.shape = shape
+        self.dims = dims  # the dim id of each axis
+        self.ndim = len(shape)
+
+    def __repr__(self) -> str:
+        return f"TensorRef({self.key!r}, shape={self.shape})"
 
     def norm(self, d: int) -> int:
         return d % self.ndim if self.ndim else 0
 
-    def ids(self, d: int, idx: np.ndarray | None = None) -> np.ndarray:
-        d = self.norm(d)
-        local = np.arange(self.shape[d]) if idx is None else np.asarray(idx, dtype=np.int64)
-        return self.base[d] + local
-
 
 @dataclass(frozen=True)
 class Freeze:
-    """Why a range of elements may never be removed."""
+    """Why a dim may never be pruned."""
 
     key: str
     dim: int
     reason: str
     node: str
-    kind: str  # "boundary" | "barrier" | "rule" | "ignored" | "uncoupled"
+    kind: str  # "boundary" | "barrier" | "rule" | "ignored" | "uncoupled" | "structural"
 
 
 @dataclass
 class ElementSpace:
-    """Mutable while rules run; the analysis turns it into an immutable ChannelGraph."""
+    """Mutable while rules run; ``fxprune.grouping`` turns it into groups."""
 
-    size: int = 0
     refs: dict[str, TensorRef] = field(default_factory=dict)
-    link_a: list[np.ndarray] = field(default_factory=list)
-    link_b: list[np.ndarray] = field(default_factory=list)
-    dim_edges: list[tuple[tuple[str, int], tuple[str, int], str]] = field(default_factory=list)
-    frozen_ids: list[np.ndarray] = field(default_factory=list)
+    dim_key: list[tuple[str, int]] = field(default_factory=list)  # dim id -> (tensor key, axis)
+    dim_size: list[int] = field(default_factory=list)
+    same_a: list[int] = field(default_factory=list)  # whole-dim identities (dim ids)
+    same_b: list[int] = field(default_factory=list)
+    runs: list[tuple[int, int, int, int, int]] = field(default_factory=list)  # (da, sa, db, sb, n)
+    arrays: list[tuple[int, np.ndarray, int, np.ndarray]] = field(default_factory=list)
+    edge_a: list[int] = field(default_factory=list)  # every link at dim level, for the groups
+    edge_b: list[int] = field(default_factory=list)
+    edge_kind: list[str] = field(default_factory=list)
+    frozen_dims: list[int] = field(default_factory=list)
     freezes: list[Freeze] = field(default_factory=list)
-    touched: set[tuple[str, int]] = field(default_factory=set)
-    mixing: set[tuple[str, int]] = field(default_factory=set)
+    touched: set[int] = field(default_factory=set)
+    mixing: set[int] = field(default_factory=set)
 
     def tensor(self, key: str, shape: tuple[int, ...]) -> TensorRef:
-        """Allocate (or return) the element ranges of one tensor."""
-        if key in self.refs:
-            return self.refs[key]
-        base = tuple(self.size + int(s) for s in np.cumsum((0,) + tuple(shape))[:-1])
-        self.size += int(sum(shape))
-        ref = TensorRef(key, tuple(int(s) for s in shape), base)
-        self.refs[key] = ref
+        """Allocate (or return) the dims of one tensor."""
+        ref = self.refs.get(key)
+        if ref is not None:
+            return ref
+        shape = tuple(int(s) for s in shape)
+        first = len(self.dim_size)
+        self.dim_size.extend(shape)
+        self.dim_key.extend((key, d) for d in range(len(shape)))
+        ref = self.refs[key] = TensorRef(key, shape, tuple(range(first, first + len(shape))))
         return ref
+
+    def dim(self, ref: TensorRef, d: int) -> int:
+        """The dim id of axis ``d`` of ``ref`` (negative axes allowed)."""
+        return ref.dims[d % ref.ndim]
 
     def link(self, a: TensorRef, da: int, ia, b: TensorRef, db: int, ib, kind: str) -> None:
         """Elements ``a[da][ia[k]]`` and ``b[db][ib[k]]`` live or die together."""
-        da, db = a.norm(da), b.norm(db)
-        ea, eb = a.ids(da, ia), b.ids(db, ib)
-        if ea.size == 0:
+        ia = np.asarray(ia, dtype=np.int64)
+        if ia.size == 0:
             return
-        self.link_a.append(ea)
-        self.link_b.append(eb)
-        self.touched.update(((a.key, da), (b.key, db)))
-        self.dim_edges.append(((a.key, da), (b.key, db), kind))
+        ida, idb = self.dim(a, da), self.dim(b, db)
+        self.arrays.append((ida, ia, idb, np.asarray(ib, dtype=np.int64)))
+        self._edge(ida, idb, kind)
+
+    def shift(self, a: TensorRef, da: int, start_a: int, b: TensorRef, db: int, start_b: int,
+              n: int, kind: str = "offset") -> None:
+        """A run: ``a[da][start_a + k]`` is ``b[db][start_b + k]`` for k < n."""
+        if n <= 0:
+            return
+        ida, idb = self.dim(a, da), self.dim(b, db)
+        size = self.dim_size
+        if start_a == 0 and start_b == 0 and n == size[ida] == size[idb]:
+            self.same_a.append(ida)
+            self.same_b.append(idb)
+        else:
+            self.runs.append((ida, start_a, idb, start_b, n))
+        self._edge(ida, idb, kind)
+
+    def _edge(self, ida: int, idb: int, kind: str) -> None:
+        self.touched.add(ida)
+        self.touched.add(idb)
+        self.edge_a.append(ida)
+        self.edge_b.append(idb)
+        self.edge_kind.append(kind)
 
     def couple(self, a: TensorRef, da: int, b: TensorRef, db: int, node: str) -> None:
         """Identity: index i of ``a[da]`` is index i of ``b[db]``."""
-        da, db = a.norm(da), b.norm(db)
-        if a.shape[da] != b.shape[db]:
-            reason = f"sizes {a.shape[da]} and {b.shape[db]} differ"
+        ida, idb = self.dim(a, da), self.dim(b, db)
+        na, nb = self.dim_size[ida], self.dim_size[idb]
+        if na != nb:
+            reason = f"sizes {na} and {nb} differ"
             self.freeze(a, da, reason, node, "rule")
             self.freeze(b, db, reason, node, "rule")
             return
-        n = a.shape[da]
-        self.link(a, da, np.arange(n), b, db, np.arange(n), "identity")
+        self.shift(a, da, 0, b, db, 0, na, "identity")
 
     def couple_all(self, a: TensorRef, b: TensorRef, node: str) -> None:
         """Identity on every dim of two same-rank tensors."""
@@ -104,9 +138,9 @@ class ElementSpace:
     def freeze(self, ref: TensorRef, d: int, reason: str, node: str, kind: str = "rule") -> None:
         if ref.ndim == 0:
             return
-        d = ref.norm(d)
-        self.frozen_ids.append(ref.ids(d))
-        self.touched.add((ref.key, d))
+        d = d % ref.ndim
+        self.frozen_dims.append(ref.dims[d])
+        self.touched.add(ref.dims[d])
         self.freezes.append(Freeze(ref.key, d, reason, node, kind))
 
     def freeze_all(self, ref: TensorRef, reason: str, node: str, kind: str = "rule") -> None:
@@ -115,4 +149,4 @@ class ElementSpace:
 
     def mark_mixing(self, ref: TensorRef, d: int) -> None:
         """The dim is normalised across channels (LayerNorm): dead units are not exactly inert."""
-        self.mixing.add((ref.key, ref.norm(d)))
+        self.mixing.add(self.dim(ref, d))

@@ -4,8 +4,10 @@ Runs the graph once with every tensor (inputs, parameters, buffers) replaced
 by a meta tensor of the same shape and dtype, and records
 ``node.meta["tensor_meta"]`` (as torch.fx's ShapeProp does) plus the python
 value of small non-tensor results (``node.meta["fxprune.value"]``: sizes,
-split lists) that rules and the rewrite need. Falls back to real tensors when
-an op has no meta kernel.
+split lists) that rules and the rewrite need. Ops whose output shape is a
+closed formula (activations, elementwise arithmetic, convs, pools; see
+``meta_shapes.py``) skip their meta kernels, many of which are slow Python
+decompositions. Falls back to real tensors when an op has no meta kernel.
 """
 from __future__ import annotations
 
@@ -14,21 +16,23 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch.fx.node import map_aggregate
-from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata, _extract_tensor_metadata
+
+from .meta_shapes import fast_function, fast_method, fast_module
 
 __all__ = ["propagate_shapes", "MetaInterpreter"]
 
 
-_SAME_SHAPE = (
-    torch.nn.modules.batchnorm._NormBase, torch.nn.ReLU, torch.nn.ReLU6, torch.nn.SiLU, torch.nn.GELU,
-    torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.Dropout,
-    torch.nn.Identity, torch.nn.LeakyReLU, torch.nn.Mish, torch.nn.ELU, torch.nn.LayerNorm,
-    torch.nn.GroupNorm,
-)
-
-
 def _to_meta(v: Any) -> Any:
     return map_aggregate(v, lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t)
+
+
+def _tensor_meta(t: torch.Tensor) -> TensorMetadata:
+    """ShapeProp's TensorMetadata without its memory-format probing (slow on meta tensors)."""
+    if t.is_quantized:
+        return _extract_tensor_metadata(t)
+    fmt = torch.contiguous_format if t.is_contiguous() else None
+    return TensorMetadata(t.shape, t.dtype, t.requires_grad, t.stride(), fmt, False, {})
 
 
 def _record(node: fx.Node, result: Any) -> None:
@@ -38,7 +42,7 @@ def _record(node: fx.Node, result: Any) -> None:
         nonlocal found
         if isinstance(t, torch.Tensor):
             found = True
-            return _extract_tensor_metadata(t)
+            return _tensor_meta(t)
         return t
 
     tm = map_aggregate(result, meta)
@@ -69,36 +73,28 @@ class MetaInterpreter(fx.Interpreter):
         return _to_meta(value) if self.meta else value
 
     def call_function(self, target, args, kwargs):
-        fast = _FAST_FUNCTIONS.get(target) if self.meta else None
-        tensors = args[0] if args else kwargs.get("tensors")
-        if fast is not None and tensors and all(
-                isinstance(t, torch.Tensor) and t.device.type == "meta" for t in tensors):
-            return fast(tensors, *args[1:], **{k: v for k, v in kwargs.items() if k != "tensors"})
-        return super().call_function(target, args, kwargs)
+        fast = fast_function(target) if self.meta else None
+        out = fast(*args, **kwargs) if fast is not None else None
+        return out if out is not None else super().call_function(target, args, kwargs)
+
+    def call_method(self, target, args, kwargs):
+        fast = fast_method(target) if self.meta else None
+        out = fast(*args, **kwargs) if fast is not None else None
+        return out if out is not None else super().call_method(target, args, kwargs)
 
     def call_module(self, target, args, kwargs):
         if not self.meta:
             return super().call_module(target, args, kwargs)
         mod = self.fetch_attr(target)
-        if isinstance(mod, _SAME_SHAPE) and len(args) == 1 and not kwargs and args[0].device.type == "meta":
-            return torch.empty_like(args[0])  # shape-preserving: skip the (slow) meta decomposition
+        fast = fast_module(mod)
+        out = fast(mod, *args, **kwargs) if fast is not None else None
+        if out is not None:
+            return out
         state = self._meta_state.get(target)
         if state is None:
             state = {k: v.to("meta") for k, v in list(mod.named_parameters()) + list(mod.named_buffers())}
             self._meta_state[target] = state
         return torch.func.functional_call(mod, state, args, kwargs)
-
-
-def _meta_cat(tensors, dim=0, *, out=None):
-    """torch.cat's shape on meta tensors without the (slow) reference decomposition."""
-    tensors = [t for t in tensors if t.numel() or t.dim() > 1]
-    d = dim % tensors[0].dim()
-    shape = list(tensors[0].shape)
-    shape[d] = sum(t.shape[d] for t in tensors)
-    return torch.empty(shape, dtype=tensors[0].dtype, device="meta")
-
-
-_FAST_FUNCTIONS = {torch.cat: _meta_cat, torch.concat: _meta_cat}
 
 
 class _MetaProp(MetaInterpreter):

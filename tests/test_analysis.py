@@ -168,6 +168,21 @@ def test_golden_groups(name: str) -> None:
     _run_and_check(name)
 
 
+@pytest.mark.parametrize("name", ["residual", "concat_channels", "split_chunk", "qkv_attention"])
+def test_networkx_components_are_the_groups(name: str) -> None:
+    """cg.graph (networkx) and the scipy grouping read the same links: every group is
+    exactly the tensor dims of one connected component, and no two groups share one."""
+    import networkx as nx
+
+    _, _, cg = _analyze(name)
+    components = {frozenset(c) for c in nx.connected_components(cg.graph)}
+    for g in cg.groups:
+        dims = {(m.key, m.dim) for m in g.members}
+        holder = [c for c in components if dims & c]
+        assert len(holder) == 1 and dims <= holder[0], g.id
+    assert all(cg.graph.nodes[kd]["size"] == n for kd, n in cg.dim_sizes.items())
+
+
 def test_batchnorm_statistics_follow_their_channels() -> None:
     _, _, cg = _analyze("depthwise")
     g = cg.group("conv1.weight:0")

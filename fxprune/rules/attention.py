@@ -168,9 +168,8 @@ def patch_merging_pad(ctx: RuleContext) -> None:
     if x is None or y is None:
         return
     C = x.shape[-1]
-    c = np.arange(C)
     for k in range(4):
-        ctx.link(x, -1, c, y, -1, k * C + c, "offset")
+        ctx.shift(x, -1, 0, y, -1, k * C, C)
     for k in range(x.ndim - 3):
         ctx.couple(x, k, y, k)
     for k in (-3, -2):

@@ -93,6 +93,12 @@ class RuleContext:
         if a is not None and b is not None:
             self.space.couple(a, da, b, db, self.node.name)
 
+    def shift(self, a: TensorRef | None, da: int, start_a: int, b: TensorRef | None, db: int,
+              start_b: int, n: int, kind: str = "offset") -> None:
+        """``a[da][start_a + k]`` is ``b[db][start_b + k]`` for k < n (concat/split offsets)."""
+        if a is not None and b is not None:
+            self.space.shift(a, da, start_a, b, db, start_b, n, kind)
+
     def link(self, a, da, ia, b, db, ib, kind: str) -> None:
         if a is not None and b is not None:
             self.space.link(a, da, ia, b, db, ib, kind)

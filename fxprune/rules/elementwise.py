@@ -2,7 +2,6 @@
 activations, dropout, reductions, softmax, pooling and resampling."""
 from __future__ import annotations
 
-import numpy as np
 
 from .base import RuleContext, norm_dim
 
@@ -103,9 +102,8 @@ def glu(ctx: RuleContext) -> None:
         return
     d = norm_dim(ctx.value(1, "dim", -1) if ctx.module is None else ctx.module.dim, x.ndim)
     half = out.shape[d]
-    idx = np.arange(half)
-    ctx.link(x, d, idx, out, d, idx, "offset")
-    ctx.link(x, d, idx + half, out, d, idx, "offset")
+    ctx.shift(x, d, 0, out, d, 0, half)
+    ctx.shift(x, d, half, out, d, 0, half)
     for k in range(x.ndim):
         if k != d:
             ctx.couple(x, k, out, k)

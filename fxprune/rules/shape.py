@@ -193,7 +193,7 @@ def cat(ctx: RuleContext) -> None:
         n = r.shape[d]
         for k in range(y.ndim):
             if k == d:
-                ctx.link(r, k, np.arange(n), y, k, offset + np.arange(n), "offset")
+                ctx.shift(r, k, 0, y, k, offset, n)
             else:
                 ctx.couple(r, k, y, k)
         offset += n
@@ -226,7 +226,7 @@ def split(ctx: RuleContext, dim_pos: int = 2) -> None:
         n = r.shape[d]
         for k in range(x.ndim):
             if k == d:
-                ctx.link(x, k, offset + np.arange(n), r, k, np.arange(n), "offset")
+                ctx.shift(x, k, offset, r, k, 0, n)
             else:
                 ctx.couple(x, k, r, k)
         offset += n
@@ -280,7 +280,7 @@ def getitem(ctx: RuleContext) -> None:
             start, stop, step = i.indices(x.shape[xd])
             if step == 1:
                 n = y.shape[yd]
-                ctx.link(x, xd, start + np.arange(n), y, yd, np.arange(n), "offset")
+                ctx.shift(x, xd, start, y, yd, 0, n)
             else:
                 ctx.freeze(x, xd, "strided slice")
                 ctx.freeze(y, yd, "strided slice")
@@ -304,7 +304,7 @@ def pad(ctx: RuleContext) -> None:
             ctx.couple(x, k, y, k)
         elif mode == "constant" and lo >= 0 and hi >= 0:
             n = x.shape[k]
-            ctx.link(x, k, np.arange(n), y, k, lo + np.arange(n), "offset")
+            ctx.shift(x, k, 0, y, k, lo, n)
         else:
             ctx.freeze(x, k, f"{mode} padding")
             ctx.freeze(y, k, f"{mode} padding")

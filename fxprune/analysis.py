@@ -17,7 +17,7 @@ from .elements import ElementSpace, TensorRef
 from .grouping import find_groups
 from .errors import FxPruneError
 from .rules import RuleContext, rule_for
-from .trace import trace
+from .trace import trace_graph
 
 __all__ = ["analyze", "resolve_ignore", "graph_signature"]
 
@@ -25,14 +25,14 @@ __all__ = ["analyze", "resolve_ignore", "graph_signature"]
 class _Params:
     """Canonical names of parameters and buffers (shared tensors get one name)."""
 
-    def __init__(self, gm: fx.GraphModule, space: ElementSpace):
+    def __init__(self, root: torch.nn.Module, graph: fx.Graph, space: ElementSpace):
         self.space = space
         self.canon: dict[str, str] = {}
         self.tensors: dict[str, torch.Tensor] = {}
         first: dict[int, str] = {}
-        for prefix, named in (("p", gm.named_parameters(remove_duplicate=False)),
-                              ("b", gm.named_buffers(remove_duplicate=False))):
-            for name, t in named:
+        for prefix, named in (("p", root.named_parameters(remove_duplicate=False)),
+                              ("b", root.named_buffers(remove_duplicate=False))):
+            for name, t in _used(named, graph):
                 key = first.setdefault(id(t), f"{prefix}:{name}")
                 self.canon[name] = key
                 self.tensors[key] = t
@@ -42,6 +42,17 @@ class _Params:
         if key is None:
             return None
         return self.space.tensor(key, tuple(self.tensors[key].shape))
+
+
+def _used(named, graph: fx.Graph):
+    """The named tensors the graph reads: those of called modules and get_attr targets
+    (what a GraphModule of this graph would hold)."""
+    modules = {n.target for n in graph.nodes if n.op == "call_module"}
+    attrs = {n.target for n in graph.nodes if n.op == "get_attr"}
+    for name, t in named:
+        parts = name.split(".")
+        if name in attrs or any(".".join(parts[:k]) in modules for k in range(1, len(parts))):
+            yield name, t
 
 
 def _output_refs(space: ElementSpace, node: fx.Node) -> list[TensorRef | None]:
@@ -145,13 +156,14 @@ def analyze(
 ) -> ChannelGraph:
     """Trace ``model`` and find its pruning groups. Never mutates the model."""
     ignored = resolve_ignore(model, ignore)
-    gm = trace(model, example_inputs, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    traced = trace_graph(model, example_inputs, leaf_modules=leaf_modules,
+                         concrete_args=concrete_args)
     space = ElementSpace()
-    params = _Params(gm, space)
+    params = _Params(traced.root, traced.graph, space)
     refs: dict[str, list[TensorRef | None]] = {}
-    for node in gm.graph.nodes:
+    for node in traced.graph.nodes:
         refs[node.name] = _output_refs(space, node)
-        _run_node(space, node, refs, params, gm)
+        _run_node(space, node, refs, params, traced.root)
     for d in range(len(space.dim_size)):
         if d not in space.touched:
             key, axis = space.dim_key[d]
@@ -161,7 +173,7 @@ def analyze(
         aliases[key] = aliases.get(key, ()) + (name,)
     groups, frozen = find_groups(space, ignored)
     keys = space.dim_key
-    cg = ChannelGraph(gm, tuple(groups), tuple(frozen),
+    cg = ChannelGraph(traced, tuple(groups), tuple(frozen),
                       dim_sizes={keys[d]: space.dim_size[d] for d in space.touched},
                       tensor_names=aliases,
                       dim_edges=tuple((keys[a], keys[b], k) for a, b, k in

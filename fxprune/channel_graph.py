@@ -19,6 +19,7 @@ import torch.fx as fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from .elements import Freeze
+from .trace import Traced
 
 __all__ = ["ChannelGraph", "Group", "Member", "FrozenGroup", "graph_signature"]
 
@@ -126,12 +127,17 @@ class FrozenGroup:
 class ChannelGraph:
     """What can be pruned in a traced model, and how."""
 
-    gm: fx.GraphModule
+    traced: Traced = field(repr=False)
     groups: tuple[Group, ...]
     frozen: tuple[FrozenGroup, ...]
     dim_sizes: dict = field(repr=False, default_factory=dict)  # (key, dim) -> length
     tensor_names: dict = field(repr=False, default_factory=dict)  # "p:x" -> all aliases of x
     dim_edges: tuple = field(repr=False, default=())  # ((key, dim), (key, dim), kind) per link
+
+    @cached_property
+    def gm(self) -> fx.GraphModule:
+        """The traced model as a GraphModule (with shapes); shared by every pass that reads it."""
+        return self.traced.module()
 
     @cached_property
     def graph(self) -> nx.Graph:

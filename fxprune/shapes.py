@@ -59,8 +59,8 @@ def _record(node: fx.Node, result: Any) -> None:
 class MetaInterpreter(fx.Interpreter):
     """Runs a graph with every tensor on the meta device."""
 
-    def __init__(self, gm: fx.GraphModule, meta: bool = True):
-        super().__init__(gm, garbage_collect_values=False)
+    def __init__(self, gm: torch.nn.Module, meta: bool = True, graph: fx.Graph | None = None):
+        super().__init__(gm, garbage_collect_values=False, graph=graph)
         self.meta = meta
         self._meta_state: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -104,14 +104,17 @@ class _MetaProp(MetaInterpreter):
         return result
 
 
-def propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
-    """Annotate every node of ``gm`` with its output shape (meta device, real as fallback)."""
+def propagate_shapes(gm: torch.nn.Module, inputs: tuple, graph: fx.Graph | None = None) -> None:
+    """Annotate every node of ``graph`` (default ``gm.graph``) with its output shape
+    (meta device, real tensors as the fallback)."""
     try:
         with torch.no_grad():
-            _MetaProp(gm).run(*inputs)
+            _MetaProp(gm, graph=graph).run(*inputs)
         return
     except Exception:
         pass  # some op has no meta kernel or is data dependent: pay for real arithmetic
+    if graph is not None and graph is not getattr(gm, "graph", None):
+        gm = fx.GraphModule(gm, graph)
     prop = ShapeProp(gm)
     orig = prop.run_node
 

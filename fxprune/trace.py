@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -18,7 +19,7 @@ import torch.fx as fx
 from .errors import TraceError
 from .shapes import propagate_shapes
 
-__all__ = ["trace", "as_tuple", "DEFAULT_LEAF_NAMES"]
+__all__ = ["trace", "trace_graph", "Traced", "as_tuple", "DEFAULT_LEAF_NAMES"]
 
 
 # Kept whole by (module, class name), so that importing fxprune does not import torchvision.
@@ -81,6 +82,24 @@ def _user_frame(exc: BaseException) -> str:
     return "<unknown location>"
 
 
+@dataclass(frozen=True)
+class Traced:
+    """A traced graph with shapes, before it is compiled into a GraphModule.
+
+    ``root`` is the user's model (read, never written); the graph's targets are
+    its qualified names. Building the GraphModule (copying the submodule tree and
+    generating Python code) costs about as much as the tracing itself, and the
+    analysis does not need it, so it is built on demand.
+    """
+
+    root: torch.nn.Module
+    graph: fx.Graph
+    name: str
+
+    def module(self) -> fx.GraphModule:
+        return fx.GraphModule(self.root, self.graph, self.name)
+
+
 def trace(
     model: torch.nn.Module,
     example_inputs: Any,
@@ -93,9 +112,21 @@ def trace(
     Raises TraceError naming the Python line that could not be traced and what
     to do about it (mark the module as a leaf, or pass ``concrete_args``).
     """
+    return trace_graph(model, example_inputs, leaf_modules=leaf_modules,
+                       concrete_args=concrete_args).module()
+
+
+def trace_graph(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    leaf_modules: Sequence = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> Traced:
+    """``trace`` without building the GraphModule (see ``Traced``)."""
     inputs = as_tuple(example_inputs)
     if isinstance(model, fx.GraphModule) and not leaf_modules and concrete_args is None:
-        gm = fx.GraphModule(model, copy.deepcopy(model.graph))  # never touch the caller's graph
+        root, graph = model, copy.deepcopy(model.graph)  # never touch the caller's graph
     else:
         types, names = _split_leaves(model, leaf_modules)
         tracer = _LeafTracer(types, names)
@@ -109,12 +140,12 @@ def trace(
                 "(trace(..., leaf_modules=[TheModuleType])), or pass concrete_args= "
                 "for arguments that steer Python control flow"
             ) from e
-        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    modes = [(m, m.training) for m in gm.modules()]
-    gm.eval()  # eval: the shape run must not update BatchNorm statistics
+        root = tracer.root
+    modes = [(m, m.training) for m in root.modules()]
+    root.eval()  # eval: the shape run must not update BatchNorm statistics
     try:
         with torch.no_grad():
-            propagate_shapes(gm, inputs)
+            propagate_shapes(root, inputs, graph)
     except Exception as e:
         raise TraceError(
             f"the traced graph of {type(model).__name__} failed on the example inputs: "
@@ -123,4 +154,4 @@ def trace(
     finally:
         for m, mode in modes:  # the submodules are the user's: restore each flag exactly
             m.training = mode
-    return gm
+    return Traced(root, graph, type(model).__name__)

@@ -3,6 +3,7 @@
     python bench/speedup.py                       # all models, ratios 0.3/0.5/0.7
     python bench/speedup.py --quick               # resnet18 at 0.5, small batches, minutes
     python bench/speedup.py --models resnet50 --backends onnxruntime --ratios 0.5
+    python bench/speedup.py --threads 1 2         # each run at 1 and at 2 threads
 
 For each model and ratio (the classifier's outputs are never pruned), prunes by L1
 norm and times original and pruned on every available backend (interleaved runs, see
@@ -45,7 +46,8 @@ def classifier(model: nn.Module) -> nn.Module:
     return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
 
-def run_one(name: str, ratio: float, round_to: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_one(name: str, ratio: float, round_to: int, threads: int | None,
+            args: argparse.Namespace) -> dict[str, Any]:
     model = torchvision.models.get_model(name, weights=None).eval()
     x = (torch.randn(1, 3, 224, 224),)
     t0 = time.perf_counter()
@@ -56,15 +58,16 @@ def run_one(name: str, ratio: float, round_to: int, args: argparse.Namespace) ->
     res = fxprune.prune(model, x, ratio=ratio, criterion="l1", ignore=ignore, round_to=round_to)
     prune_s = time.perf_counter() - t0
     rep = speedup(model, res, x, backends=args.backends, batch_sizes=args.batch_sizes,
-                  warmup=args.warmup, repeats=args.repeats, threads=args.threads)
-    return {"model": name, "ratio": ratio, "round_to": round_to, "prune_s": prune_s,
+                  warmup=args.warmup, repeats=args.repeats, threads=threads)
+    return {"model": name, "ratio": ratio, "round_to": round_to, "threads": threads or 0,
+            "prune_s": prune_s,
             "macs_speedup": rep.macs_speedup, "report": rep.to_dict()}
 
 
 def save(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     doc = {"machine": {"cpu": platform.processor() or platform.machine(),
                        "cores": os.cpu_count(), "torch": torch.__version__,
-                       "threads": args.threads or torch.get_num_threads()},
+                       "default_threads": torch.get_num_threads()},
            "settings": {k: v for k, v in vars(args).items() if k != "out"},
            "results": results}
     with atomic_path(args.out / "speedup.json") as tmp:
@@ -77,7 +80,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["backend"], r["batch_size"]) for res in results
+    panels = sorted({(r["backend"], r["batch_size"], r["threads"]) for res in results
                      for r in res["report"]["rows"] if not r["skipped"]})
     if not panels:
         return
@@ -88,11 +91,12 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         ax.set_visible(False)
     markers = dict(zip(MODELS, "os^Dv"))
     hi = max(res["macs_speedup"] for res in results) * 1.1
-    for ax, (backend, bs) in zip(axes.flat, panels):
+    for ax, (backend, bs, threads) in zip(axes.flat, panels):
         ax.plot([1, hi], [1, hi], "k--", lw=0.8, label="ideal (MACs)")
         for res in results:
             row = next((r for r in res["report"]["rows"]
-                        if (r["backend"], r["batch_size"]) == (backend, bs) and not r["skipped"]),
+                        if (r["backend"], r["batch_size"], r["threads"]) == (backend, bs, threads)
+                        and not r["skipped"]),
                        None)
             if row is None:
                 continue
@@ -100,7 +104,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             ax.plot(res["macs_speedup"], row["speedup"], markers.get(res["model"], "x"),
                     fillstyle=fill, color=f"C{MODELS.index(res['model']) % 10}",
                     label=f"{res['model']}" if res["round_to"] == 1 else None)
-        ax.set(title=f"{backend}, batch {bs}", xlabel="MACs speed-up (original / pruned)",
+        ax.set(title=f"{backend}, batch {bs}, {threads} thread{'s' * (threads != 1)}", xlabel="MACs speed-up (original / pruned)",
                ylabel="measured speed-up")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -116,10 +120,10 @@ def target_check(results: list[dict[str, Any]]) -> bool:
     """CNNs at ratio 0.5 (round_to 1): ORT-CPU speed-up >= 0.8x MACs speed-up, batch 1/32."""
     t = Table(title="target: CNNs at ratio 0.5, onnxruntime (CPU) speed-up >= 0.8x MACs speed-up",
               title_justify="left")
-    for col in ("model", "batch", "MACs speed-up", "measured", "efficiency", "pass"):
+    for col in ("model", "threads", "batch", "MACs speed-up", "measured", "efficiency", "pass"):
         t.add_column(col)
     ok = True
-    for res in results:
+    for res in sorted(results, key=lambda r: (r["model"], r.get("threads", 0))):
         if res["model"] not in CNNS or res["ratio"] != 0.5 or res["round_to"] != 1:
             continue
         for r in res["report"]["rows"]:
@@ -127,7 +131,8 @@ def target_check(results: list[dict[str, Any]]) -> bool:
                 continue
             passed = r["efficiency"] >= 0.8
             ok &= passed
-            t.add_row(res["model"], str(r["batch_size"]), f"{res['macs_speedup']:.2f}x",
+            t.add_row(res["model"], str(r["threads"]), str(r["batch_size"]),
+                      f"{res['macs_speedup']:.2f}x",
                       f"{r['speedup']:.2f}x", f"{r['efficiency']:.0%}",
                       "[green]yes[/green]" if passed else "[red]no[/red]")
     if not t.row_count:
@@ -149,7 +154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="extra round_to values tried at ratio 0.5 (default 8 16)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", nargs="+", type=int, default=[0],
+                   help="intra-op thread counts; every run is repeated at each "
+                        "(default 0: the runtime's default)")
     p.add_argument("--quick", action="store_true",
                    help="resnet18 at ratio 0.5, batch 1 and 8, 10 repeats")
     p.add_argument("--ignore-classifier", action="store_true",
@@ -167,21 +174,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(m, r, 1) for m in args.models for r in args.ratios]
-    jobs += [(m, 0.5, k) for m in args.models for k in args.round_to if 0.5 in args.ratios]
+    jobs = [(m, r, 1, t) for t in args.threads for m in args.models for r in args.ratios]
+    jobs += [(m, 0.5, k, t) for t in args.threads for m in args.models for k in args.round_to
+             if 0.5 in args.ratios]
     results: list[dict[str, Any]] = []
     if args.resume and (args.out / "speedup.json").is_file():
         results = json.loads((args.out / "speedup.json").read_text())["results"]
-    done = {(r["model"], r["ratio"], r["round_to"]) for r in results}
+    done = {(r["model"], r["ratio"], r["round_to"], r.get("threads", 0)) for r in results}
     console.print(f"backends: {', '.join(args.backends)}; {len(jobs)} runs "
                   f"({len(done & set(jobs))} already done)")
     with Progress(console=console) as prog:
         task = prog.add_task("speed-up", total=len(jobs), completed=len(done & set(jobs)))
-        for name, ratio, k in jobs:
-            if (name, ratio, k) in done:
+        for name, ratio, k, threads in jobs:
+            if (name, ratio, k, threads) in done:
                 continue
-            prog.update(task, description=f"{name} ratio {ratio} round_to {k}")
-            res = run_one(name, ratio, k, args)
+            prog.update(task, description=f"{name} ratio {ratio} round_to {k} threads {threads}")
+            res = run_one(name, ratio, k, threads or None, args)
             results.append(res)
             save(results, args)
             prog.console.print(speedup_table(res))
@@ -195,7 +203,8 @@ def speedup_table(res: dict[str, Any]) -> Table:
     from fxprune.bench import SpeedupReport
 
     rep = SpeedupReport.from_dict(res["report"])
-    return rep.table(title=f"{res['model']} ratio {res['ratio']} round_to {res['round_to']}: "
+    return rep.table(title=f"{res['model']} ratio {res['ratio']} round_to {res['round_to']} "
+                           f"threads {res.get('threads') or 'default'}: "
                            f"MACs speed-up {rep.macs_speedup:.2f}x")
 
 

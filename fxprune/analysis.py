@@ -47,11 +47,18 @@ class _Params:
 def _used(named, graph: fx.Graph):
     """The named tensors the graph reads: those of called modules and get_attr targets
     (what a GraphModule of this graph would hold)."""
-    modules = {n.target for n in graph.nodes if n.op == "call_module"}
+    called = {n.target for n in graph.nodes if n.op == "call_module"}
     attrs = {n.target for n in graph.nodes if n.op == "get_attr"}
+    inside: dict[str, bool] = {"": False}  # module path -> lies in a called module
+
+    def in_called(path: str) -> bool:
+        hit = inside.get(path)
+        if hit is None:
+            hit = inside[path] = path in called or in_called(path.rpartition(".")[0])
+        return hit
+
     for name, t in named:
-        parts = name.split(".")
-        if name in attrs or any(".".join(parts[:k]) in modules for k in range(1, len(parts))):
+        if name in attrs or in_called(name.rpartition(".")[0]):
             yield name, t
 
 

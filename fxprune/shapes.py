@@ -124,5 +124,11 @@ def propagate_shapes(gm: torch.nn.Module, inputs: tuple, graph: fx.Graph | None 
         return result
 
     prop.run_node = run_node
-    with torch.no_grad():
-        prop.propagate(*inputs)
+    modes = [(m, m.training) for m in gm.modules()]
+    gm.eval()  # a real run in training mode would update BatchNorm statistics
+    try:
+        with torch.no_grad():
+            prop.propagate(*inputs)
+    finally:
+        for m, mode in modes:  # the submodules are the user's: restore each flag exactly
+            m.training = mode

@@ -3,7 +3,7 @@
 Standard layers (everything under ``torch.nn``) and torchvision's
 ``StochasticDepth`` stay leaf modules so the rule table sees them whole.
 Shapes are recorded by running the graph once on the example inputs
-(``node.meta["tensor_meta"]``, as torch.fx's ShapeProp does).
+(``node.meta["tensor_meta"]``, as torch.fx's ShapeProp does; see shapes.py).
 """
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def as_tuple(example_inputs: Any) -> tuple:
     )
 
 
+_PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format,
+          torch.layout)
+
+
 class _LeafTracer(fx.Tracer):
     """fx.Tracer that also keeps user-named modules and default leaf types whole."""
 
@@ -44,6 +48,18 @@ class _LeafTracer(fx.Tracer):
         super().__init__()
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
+
+    def create_arg(self, a: Any) -> Any:
+        """The common arguments (proxies, scalars, plain containers of them) without the
+        generic dispatch of ``fx.Tracer.create_arg``, which is most of the tracing time."""
+        t = type(a)
+        if t is fx.Proxy:
+            return a.node
+        if t in _PLAIN:
+            return a
+        if t is tuple or t is list:
+            return t(self.create_arg(e) for e in a)
+        return super().create_arg(a)
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
         if isinstance(m, self._leaf_types) or qualname in self._leaf_names:
@@ -55,6 +71,8 @@ class _LeafTracer(fx.Tracer):
 
 def _split_leaves(model: torch.nn.Module, leaf_modules: Iterable) -> tuple[tuple[type, ...], set[str]]:
     types, names = [], set()
+    if not leaf_modules:
+        return (), names
     by_id = {id(m): n for n, m in model.named_modules()}
     for leaf in leaf_modules:
         if isinstance(leaf, type):
@@ -141,8 +159,6 @@ def trace_graph(
                 "for arguments that steer Python control flow"
             ) from e
         root = tracer.root
-    modes = [(m, m.training) for m in root.modules()]
-    root.eval()  # eval: the shape run must not update BatchNorm statistics
     try:
         with torch.no_grad():
             propagate_shapes(root, inputs, graph)
@@ -151,7 +167,4 @@ def trace_graph(
             f"the traced graph of {type(model).__name__} failed on the example inputs: "
             f"{type(e).__name__}: {e}\n  fix: check that example_inputs match the model's forward"
         ) from e
-    finally:
-        for m, mode in modes:  # the submodules are the user's: restore each flag exactly
-            m.training = mode
     return Traced(root, graph, type(model).__name__)

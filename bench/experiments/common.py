@@ -323,3 +323,34 @@ def write_outputs(out_json: str | Path, payload: dict, markdown: str,
     finally:
         Path(tmp).unlink(missing_ok=True)
     return out, md, png
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> None:
+    """Save a matplotlib figure atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def experiment_main(argv: list[str] | None, doc: str, name: str, presets: Sequence[str],
+                    run: Callable[[str, Path, str], dict], markdown: Callable[[dict], str],
+                    plot: Callable[[dict, Path], None]) -> int:
+    """The command line of an experiment: run a preset (or re-read it with
+    ``--report-only``), then write ``bench/results/<name>.{json,md,png}`` and print the table."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    add_common_args(ap, list(presets), f"bench/results/{name}.json")
+    args = ap.parse_args(argv)
+    setup_torch(args.threads)
+    work = Path(args.work or f"runs/experiments/{name}-{args.preset}")
+    if args.report_only:
+        payload = json.loads(Path(args.out).read_text())
+    else:
+        payload = run(args.preset, work, args.device)
+    md = markdown(payload)
+    paths = write_outputs(args.out, payload, md, lambda path: plot(payload, path))
+    print(md)
+    log(f"wrote {', '.join(map(str, paths))}")
+    return 0

@@ -32,6 +32,9 @@ from fxprune.models import get_model
 from fxprune.passes.unstructured import MaskPlan, apply_masks, magnitude_masks
 from fxprune.search import jackpot as J
 from fxprune.train import TrainConfig, evaluate, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common as C  # noqa: E402
 from fxprune.train.checkpoint import atomic_write_text
 
 ANCHOR = "LJ ResNet-32 (2x wide), CIFAR-10, 90% sparsity: 93.70% after 30 search epochs"
@@ -212,10 +215,7 @@ def _plot(r: dict, path: Path) -> None:
     b.legend()
     fig.suptitle(f"Lottery Jackpots, preset {r['preset']}")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    C.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

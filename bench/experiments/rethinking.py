@@ -20,8 +20,6 @@ resumes. Results: `bench/results/rethinking.{json,md,png}`.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -351,20 +349,7 @@ def plot(payload: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    C.add_common_args(ap, list(PRESETS), "bench/results/rethinking.json")
-    args = ap.parse_args(argv)
-    C.setup_torch(args.threads)
-    work = Path(args.work or f"runs/experiments/rethinking-{args.preset}")
-    if args.report_only:
-        payload = json.loads(Path(args.out).read_text())
-    else:
-        payload = run(args.preset, work, args.device)
-    md = markdown(payload)
-    paths = C.write_outputs(args.out, payload, md, lambda path: plot(payload, path))
-    print(md)
-    C.log(f"wrote {', '.join(map(str, paths))}")
-    return 0
+    return C.experiment_main(argv, __doc__, "rethinking", list(PRESETS), run, markdown, plot)
 
 
 if __name__ == "__main__":

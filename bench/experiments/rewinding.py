@@ -26,8 +26,6 @@ Results: `bench/results/rewinding.{json,md,png}`.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -333,20 +331,7 @@ def plot(payload: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    C.add_common_args(ap, list(PRESETS), "bench/results/rewinding.json")
-    args = ap.parse_args(argv)
-    C.setup_torch(args.threads)
-    work = Path(args.work or f"runs/experiments/rewinding-{args.preset}")
-    if args.report_only:
-        payload = json.loads(Path(args.out).read_text())
-    else:
-        payload = run(args.preset, work, args.device)
-    md = markdown(payload)
-    paths = C.write_outputs(args.out, payload, md, lambda path: plot(payload, path))
-    print(md)
-    C.log(f"wrote {', '.join(map(str, paths))}")
-    return 0
+    return C.experiment_main(argv, __doc__, "rewinding", list(PRESETS), run, markdown, plot)
 
 
 if __name__ == "__main__":

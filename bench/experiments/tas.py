@@ -29,6 +29,9 @@ import fxprune
 from fxprune.data import cache_dir
 from fxprune.search import tas
 from fxprune.train import TrainConfig, distill, evaluate, reinitialize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common as C  # noqa: E402
 from fxprune.train.checkpoint import atomic_write_text
 
 _spec = importlib.util.spec_from_file_location("_jackpot_exp", Path(__file__).with_name("jackpot.py"))
@@ -209,10 +212,7 @@ def _plot(r: dict, path: Path) -> None:
     c.legend()
     fig.suptitle(f"TAS vs uniform L1, preset {r['preset']}")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    C.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

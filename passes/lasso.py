@@ -29,13 +29,10 @@ from torch import Tensor, nn
 
 from fxprune.channel_graph import ChannelGraph
 from fxprune.criteria import CriterionOutput
-from fxprune.errors import FxPruneError
 from fxprune.plan import PruningPlan
 
-from .calibration import require_calibration
-from .magnitude import group_norm_scores
 from .reconstruct import ChannelGram, reconstruct_weight
-from .thinet import Consumer, accumulate_grams, consumers, kept_channels, pruned_tensor
+from .thinet import Consumer, kept_channels, pruned_tensor, score_consumers
 
 __all__ = ["gram_design", "lasso_path_scores", "lasso_criterion"]
 
@@ -102,19 +99,8 @@ def lasso_criterion(cg: ChannelGraph, *, model: nn.Module | None = None, calibra
                     num_batches: int = 10, num_samples: int | None = None, n_alphas: int = 100,
                     fallback: str | None = None, progress: bool = True, **_) -> CriterionOutput:
     """LASSO-path scores for single-consumer groups, plus least-squares refits of the consumers."""
-    if fallback not in (None, "l1"):
-        raise FxPruneError(f"lasso: fallback must be None or 'l1', got {fallback!r}")
-    calibration = require_calibration(calibration, "lasso")
-    cons = consumers(cg)
-    grams, inputs = accumulate_grams(cg, cons, calibration, num_batches, num_samples,
-                                     keep_inputs=True, progress=progress,
-                                     description="lasso: calibration")
-    scores = {}
-    for gid, c in cons.items():
-        s = np.zeros(c.group.size)
-        s[c.unit_of] = lasso_path_scores(grams[c.module], n_alphas)
-        scores[gid] = s
-    if fallback == "l1":
-        scores.update({g.id: group_norm_scores(cg, g, 1) for g in cg.groups if g.id not in cons})
+    cons, _, inputs, scores = score_consumers(
+        "lasso", cg, calibration, fallback, lambda gram: lasso_path_scores(gram, n_alphas),
+        num_batches, num_samples, progress, keep_inputs=True)
     total = None if num_samples is None else num_samples * num_batches
     return CriterionOutput(scores=scores, weight_updates=_refit_updates(cg, cons, inputs, total))

@@ -193,22 +193,33 @@ def _rescale_updates(cg: ChannelGraph, cons: dict[str, Consumer], grams: dict[st
     return updates
 
 
+def score_consumers(name: str, cg: ChannelGraph, calibration, fallback: str | None,
+                    score, num_batches: int, num_samples: int | None, progress: bool,
+                    keep_inputs: bool = False):
+    """The frame ThiNet and LASSO share: calibrate, score every single-consumer group
+    with ``score(gram of the consumer's input)``, and give the other groups L1 scores
+    if ``fallback="l1"``. Returns (consumers, grams, captured inputs, scores)."""
+    if fallback not in (None, "l1"):
+        raise FxPruneError(f"{name}: fallback must be None or 'l1', got {fallback!r}")
+    calibration = require_calibration(calibration, name)
+    cons = consumers(cg)
+    grams, inputs = accumulate_grams(cg, cons, calibration, num_batches, num_samples,
+                                     keep_inputs=keep_inputs, progress=progress,
+                                     description=f"{name}: calibration")
+    scores = {}
+    for gid, c in cons.items():
+        s = np.zeros(c.group.size)
+        s[c.unit_of] = score(grams[c.module])
+        scores[gid] = s
+    if fallback == "l1":
+        scores.update({g.id: group_norm_scores(cg, g, 1) for g in cg.groups if g.id not in cons})
+    return cons, grams, inputs, scores
+
+
 def thinet_criterion(cg: ChannelGraph, *, model: nn.Module | None = None, calibration=None,
                      num_batches: int = 10, num_samples: int | None = None,
                      fallback: str | None = None, progress: bool = True, **_) -> CriterionOutput:
     """Greedy-order scores for single-consumer groups, plus the rescaling of the consumers."""
-    if fallback not in (None, "l1"):
-        raise FxPruneError(f"thinet: fallback must be None or 'l1', got {fallback!r}")
-    calibration = require_calibration(calibration, "thinet")
-    cons = consumers(cg)
-    grams, _ = accumulate_grams(cg, cons, calibration, num_batches, num_samples,
-                                progress=progress, description="thinet: calibration")
-    scores = {}
-    for gid, c in cons.items():
-        step = greedy_order(grams[c.module])
-        s = np.zeros(c.group.size)
-        s[c.unit_of] = step
-        scores[gid] = s
-    if fallback == "l1":
-        scores.update({g.id: group_norm_scores(cg, g, 1) for g in cg.groups if g.id not in cons})
+    cons, grams, _, scores = score_consumers("thinet", cg, calibration, fallback, greedy_order,
+                                             num_batches, num_samples, progress)
     return CriterionOutput(scores=scores, weight_updates=_rescale_updates(cg, cons, grams))

@@ -126,29 +126,33 @@ def _barrier(space, node, refs, module, why: str) -> None:
 
 def resolve_ignore(model: torch.nn.Module, ignore: Iterable) -> set[str]:
     """Qualified parameter names of the ignored modules / parameters / names."""
-    names: dict[int, str] = {id(m): n for n, m in model.named_modules()}
-    pnames: dict[int, str] = {id(p): n for n, p in model.named_parameters()}
+    ignore = list(ignore or ())
+    if not ignore:
+        return set()
+    module_name: dict[int, str] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        module_name.setdefault(id(m), n)
+    params = list(model.named_parameters())
+    param_name = {id(p): n for n, p in params}
     out: set[str] = set()
-    for item in ignore or ():
+    for item in ignore:
         if isinstance(item, torch.nn.Module):
-            if id(item) not in names:
+            if id(item) not in module_name:
                 raise FxPruneError(f"ignore: module {type(item).__name__} is not part of the model")
-            prefix = names[id(item)]
+            prefix = module_name[id(item)]
         elif isinstance(item, torch.nn.Parameter):
-            if id(item) not in pnames:
+            if id(item) not in param_name:
                 raise FxPruneError(f"ignore: a parameter of shape {tuple(item.shape)} is not part of "
                                    "the model; pass the module or its qualified name")
-            out.add(pnames[id(item)])
+            out.add(param_name[id(item)])
             continue
         elif isinstance(item, str):
-            if item not in dict(model.named_modules()) and item not in dict(model.named_parameters()):
+            if item not in set(module_name.values()) and item not in param_name.values():
                 raise FxPruneError(f"ignore: {item!r} names no module or parameter of the model")
             prefix = item
         else:
             raise FxPruneError(f"ignore: entries must be modules or names, got {type(item).__name__}")
-        for pn, _ in model.named_parameters():
-            if pn == prefix or pn.startswith(prefix + ".") or not prefix:
-                out.add(pn)
+        out.update(pn for pn, _ in params if pn == prefix or pn.startswith(prefix + ".") or not prefix)
     return out
 
 
@@ -179,12 +183,7 @@ def analyze(
     for name, key in params.canon.items():
         aliases[key] = aliases.get(key, ()) + (name,)
     groups, frozen = find_groups(space, ignored)
-    keys = space.dim_key
-    cg = ChannelGraph(traced, tuple(groups), tuple(frozen),
-                      dim_sizes={keys[d]: space.dim_size[d] for d in space.touched},
-                      tensor_names=aliases,
-                      dim_edges=tuple((keys[a], keys[b], k) for a, b, k in
-                                      zip(space.edge_a, space.edge_b, space.edge_kind)))
+    cg = ChannelGraph(traced, tuple(groups), tuple(frozen), tensor_names=aliases, space=space)
     if warn:
         _warn_barriers(cg)
     return cg

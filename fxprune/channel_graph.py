@@ -18,7 +18,7 @@ import numpy as np
 import torch.fx as fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from .elements import Freeze
+from .elements import ElementSpace, Freeze
 from .trace import Traced
 
 __all__ = ["ChannelGraph", "Group", "Member", "FrozenGroup", "graph_signature"]
@@ -130,9 +130,20 @@ class ChannelGraph:
     traced: Traced = field(repr=False)
     groups: tuple[Group, ...]
     frozen: tuple[FrozenGroup, ...]
-    dim_sizes: dict = field(repr=False, default_factory=dict)  # (key, dim) -> length
     tensor_names: dict = field(repr=False, default_factory=dict)  # "p:x" -> all aliases of x
-    dim_edges: tuple = field(repr=False, default=())  # ((key, dim), (key, dim), kind) per link
+    space: ElementSpace = field(repr=False, compare=False, default_factory=ElementSpace)
+
+    @cached_property
+    def dim_sizes(self) -> dict[tuple[str, int], int]:
+        """(tensor key, dim) -> length, for every dim of the graph."""
+        return dict(zip(self.space.dim_key, self.space.dim_size))
+
+    @cached_property
+    def dim_edges(self) -> tuple[tuple[tuple[str, int], tuple[str, int], str], ...]:
+        """((key, dim), (key, dim), kind) for every link a rule made."""
+        keys = self.space.dim_key
+        return tuple((keys[a], keys[b], k) for a, b, k in
+                     zip(self.space.edge_a, self.space.edge_b, self.space.edge_kind))
 
     @cached_property
     def gm(self) -> fx.GraphModule:

@@ -78,10 +78,10 @@ class ElementSpace:
         ref = self.refs.get(key)
         if ref is not None:
             return ref
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(shape)  # torch.Size or tuple of ints
         first = len(self.dim_size)
         self.dim_size.extend(shape)
-        self.dim_key.extend((key, d) for d in range(len(shape)))
+        self.dim_key.extend([(key, d) for d in range(len(shape))])
         ref = self.refs[key] = TensorRef(key, shape, tuple(range(first, first + len(shape))))
         return ref
 
@@ -120,15 +120,23 @@ class ElementSpace:
         self.edge_kind.append(kind)
 
     def couple(self, a: TensorRef, da: int, b: TensorRef, db: int, node: str) -> None:
-        """Identity: index i of ``a[da]`` is index i of ``b[db]``."""
-        ida, idb = self.dim(a, da), self.dim(b, db)
+        """Identity: index i of ``a[da]`` is index i of ``b[db]`` (the most common link,
+        so written out in full)."""
+        ida, idb = a.dims[da % a.ndim], b.dims[db % b.ndim]
         na, nb = self.dim_size[ida], self.dim_size[idb]
         if na != nb:
             reason = f"sizes {na} and {nb} differ"
             self.freeze(a, da, reason, node, "rule")
             self.freeze(b, db, reason, node, "rule")
             return
-        self.shift(a, da, 0, b, db, 0, na, "identity")
+        if na:
+            self.same_a.append(ida)
+            self.same_b.append(idb)
+            self.touched.add(ida)
+            self.touched.add(idb)
+            self.edge_a.append(ida)
+            self.edge_b.append(idb)
+            self.edge_kind.append("identity")
 
     def couple_all(self, a: TensorRef, b: TensorRef, node: str) -> None:
         """Identity on every dim of two same-rank tensors."""

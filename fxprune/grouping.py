@@ -50,7 +50,7 @@ def _components(n: int, a, b) -> np.ndarray:
 class _Units:
     """Element rows per dim class, their unit labels, and which units are dead."""
 
-    def __init__(self, space: ElementSpace):
+    def __init__(self, space: ElementSpace, param_dims: np.ndarray):
         size = np.asarray(space.dim_size, np.int64)
         self.cls = _components(size.size, space.same_a, space.same_b)
         ncls = int(self.cls.max()) + 1 if size.size else 0
@@ -70,7 +70,6 @@ class _Units:
         nunits = int(self.lab.max()) + 1 if self.lab.size else 0
         frozen = np.zeros(nunits, bool)
         frozen[self.lab[self._rows(space.frozen_dims)]] = True
-        param_dims = [d for ref in space.refs.values() if ref.key[0] == "p" for d in ref.dims]
         owns_param = np.zeros(nunits, bool)
         owns_param[self.lab[self._rows(param_dims)]] = True
         self.dead = frozen | ~owns_param
@@ -79,67 +78,88 @@ class _Units:
         c = np.unique(self.cls[np.asarray(dims, np.int64)])
         return expand_runs(self.cbase[c], self.csize[c])
 
-    def group(self, gid: str, dims: np.ndarray, space: ElementSpace,
-              reasons: tuple[Freeze, ...]) -> Group | None:
-        """The live units of one group of dims, or None if every unit is dead."""
-        classes = np.unique(self.cls[dims])
-        labels = self.lab[expand_runs(self.cbase[classes], self.csize[classes])]
+    def live(self, groups: list[np.ndarray]):
+        """For each group of dims: its number of live units, and for each class of its
+        dims the live indices and their unit numbers (numbered per group, in element order).
+
+        Returns (sizes per group, {class: (index, unit)}); the arrays are read-only
+        views into two shared arrays.
+        """
+        dims = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+        group_of_dim = np.repeat(np.arange(len(groups)), [g.size for g in groups])
+        classes, first = np.unique(self.cls[dims], return_index=True)  # a class lies in one group
+        group_of_class = group_of_dim[first]
+        sizes = self.csize[classes]
+        starts = np.concatenate(([0], np.cumsum(sizes)))
+        labels = self.lab[expand_runs(self.cbase[classes], sizes)]
         live = ~self.dead[labels]
-        units = np.unique(labels[live])
-        if units.size == 0:
-            return None
-        per_class = {}
-        start = 0
-        for c, n in zip(classes.tolist(), self.csize[classes].tolist()):
-            keep = live[start:start + n]
-            idx = np.flatnonzero(keep)
-            if idx.size:
-                unit = np.searchsorted(units, labels[start:start + n][keep])
-                per_class[c] = (_readonly(idx), _readonly(unit))
-            start += n
-        members = []
-        for d in dims.tolist():
-            found = per_class.get(int(self.cls[d]))
-            if found is not None:
-                key, axis = space.dim_key[d]
-                members.append(Member(key, axis, space.dim_size[d], *found))
-        mixing = any(d in space.mixing for d in dims.tolist())
-        return Group(gid, int(units.size), tuple(members), mixing, reasons)
+        group_of_elem = np.repeat(group_of_class, sizes)
+        units, at = np.unique(labels[live], return_index=True)  # a unit lies in one group
+        group_of_unit = group_of_elem[live][at]
+        counts = np.bincount(group_of_unit, minlength=len(groups))
+        order = np.argsort(group_of_unit, kind="stable")  # by group, then element order
+        rank = np.empty(units.size, np.int64)
+        rank[order] = np.arange(units.size) - (np.cumsum(counts) - counts)[group_of_unit[order]]
+        pos = np.flatnonzero(live)
+        index = _readonly(pos - np.repeat(starts[:-1], sizes)[pos])
+        unit = _readonly(rank[np.searchsorted(units, labels[pos])])
+        cut = np.searchsorted(pos, starts).tolist()
+        per_class = {c: (index[cut[k]:cut[k + 1]], unit[cut[k]:cut[k + 1]])
+                     for k, c in enumerate(classes.tolist()) if cut[k + 1] > cut[k]}
+        return counts.tolist(), per_class
 
 
 def find_groups(space: ElementSpace, ignored: set[str]) -> tuple[list[Group], list[FrozenGroup]]:
     """The prunable groups and the frozen ones (with their reasons), in dim order."""
-    units = _Units(space)
     ndims = len(space.dim_size)
+    param_dims = np.asarray([d for ref in space.refs.values() if ref.key[0] == "p"
+                             for d in ref.dims], np.int64)
+    units = _Units(space, param_dims)
     grp = _components(ndims, space.edge_a, space.edge_b)
-    is_param = np.fromiter((k[0] == "p" for k, _ in space.dim_key), bool, ndims)
+    is_param = np.zeros(ndims, bool)
+    is_param[param_dims] = True
     has_param = np.zeros(int(grp.max()) + 1 if ndims else 0, bool)
-    has_param[grp[is_param]] = True
+    has_param[grp[param_dims]] = True
     order = np.argsort(grp, kind="stable")  # dims of a group, ascending; groups by first dim
-    bounds = np.cumsum(np.bincount(grp))
+    bounds = np.cumsum(np.bincount(grp)).tolist()
     freezes_by_dim: dict[int, list[Freeze]] = {}
-    dim_id = {kd: i for i, kd in enumerate(space.dim_key)}
-    for f in space.freezes:
-        freezes_by_dim.setdefault(dim_id[(f.key, f.dim)], []).append(f)
-    groups, frozen_groups = [], []
+    for d, f in zip(space.frozen_dims, space.freezes):
+        freezes_by_dim.setdefault(d, []).append(f)
+    keys = space.dim_key
+    names = lambda dims: tuple(f"{keys[d][0][2:]}:{keys[d][1]}" for d in dims)  # noqa: E731
+    candidates, out = [], []  # out: FrozenGroup, or the index of a candidate
     for g in np.flatnonzero(has_param).tolist():
         dims = order[bounds[g - 1] if g else 0:bounds[g]]
         dim_list = dims.tolist()
         reasons = tuple(f for d in dim_list for f in freezes_by_dim.get(d, ()))
         if reasons and all(f.kind == "structural" for f in reasons):
             continue  # kernel taps, spatial dims: never channels
-        pdims = [space.dim_key[d] for d in dim_list if is_param[d]]
-        gid = f"{pdims[0][0][2:]}:{pdims[0][1]}"
-        names = [f"{space.dim_key[d][0][2:]}:{space.dim_key[d][1]}" for d in dim_list]
-        hit = sorted({k[2:] for k, _ in pdims} & ignored)
+        pkey, paxis = keys[next(d for d in dim_list if is_param[d])]
+        gid = f"{pkey[2:]}:{paxis}"
+        hit = sorted({keys[d][0][2:] for d in dim_list if is_param[d]} & ignored)
         if hit:
-            reasons = (Freeze(pdims[0][0], pdims[0][1], f"ignored by the user ({hit[0]})",
-                              hit[0], "ignored"),) + reasons
-            frozen_groups.append(FrozenGroup(gid, tuple(names), reasons))
+            reasons = (Freeze(pkey, paxis, f"ignored by the user ({hit[0]})", hit[0], "ignored"),
+                       *reasons)
+            out.append(FrozenGroup(gid, names(dim_list), reasons))
             continue
-        group = units.group(gid, dims, space, reasons)
-        if group is None:
-            frozen_groups.append(FrozenGroup(gid, tuple(names), reasons))
-        else:
-            groups.append(group)
+        out.append(len(candidates))
+        candidates.append((gid, dims, dim_list, reasons))
+    sizes, per_class = units.live([c[1] for c in candidates])
+    groups, frozen_groups = [], []
+    for item in out:
+        if isinstance(item, FrozenGroup):
+            frozen_groups.append(item)
+            continue
+        gid, _, dim_list, reasons = candidates[item]
+        if not sizes[item]:
+            frozen_groups.append(FrozenGroup(gid, names(dim_list), reasons))
+            continue
+        members = []
+        for d in dim_list:
+            found = per_class.get(int(units.cls[d]))
+            if found is not None:
+                key, axis = keys[d]
+                members.append(Member(key, axis, space.dim_size[d], *found))
+        mixing = any(d in space.mixing for d in dim_list)
+        groups.append(Group(gid, sizes[item], tuple(members), mixing, reasons))
     return groups, frozen_groups

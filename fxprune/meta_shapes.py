@@ -156,6 +156,27 @@ def _linear(m: nn.Linear, x, *rest):
     return _empty(tuple(x.shape[:-1]) + (m.out_features,), x.dtype)
 
 
+_MHA_ARGS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
+             "average_attn_weights", "is_causal")
+
+
+def _mha(m: nn.MultiheadAttention, *args, **kwargs):
+    """(output, weights or None): output is the query's shape with E = embed_dim."""
+    a = dict(zip(_MHA_ARGS, args)) | kwargs
+    q, k = a.get("query"), a.get("key")
+    if not (_is_meta(q) and _is_meta(k)) or q.ndim not in (2, 3) or q.shape[-1] != m.embed_dim:
+        return None
+    out = _empty(q.shape, q.dtype)
+    if not a.get("need_weights", True):
+        return out, None
+    batched = q.ndim == 3
+    n = (q.shape[0] if m.batch_first else q.shape[1]) if batched else None
+    L = q.shape[1 if m.batch_first else 0] if batched else q.shape[0]
+    S = k.shape[1 if m.batch_first else 0] if batched else k.shape[0]
+    shape = (L, S) if a.get("average_attn_weights", True) else (m.num_heads, L, S)
+    return out, _empty(((n,) if batched else ()) + shape, q.dtype)
+
+
 def _module_same(m: nn.Module, x, *rest, **kwargs):
     return None if rest or kwargs else _same(x)
 
@@ -173,6 +194,7 @@ _MODULES: list[tuple[type, Fast]] = [
     (_SAME_MODULES, _module_same),
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _conv),
     (nn.Linear, _linear),
+    (nn.MultiheadAttention, _mha),
     ((nn.MaxPool1d, nn.AvgPool1d), _pool(1)),
     ((nn.MaxPool2d, nn.AvgPool2d), _pool(2)),
     ((nn.MaxPool3d, nn.AvgPool3d), _pool(3)),
@@ -212,11 +234,37 @@ _METHODS: dict[str, Fast] = {
 }
 
 
+def _window_attention(x, qkv_weight, proj_weight, *args, **kwargs):
+    """Swin's (shifted_)window_attention: [..., H, W, C] -> [..., H, W, proj rows]."""
+    if not (_is_meta(x) and _is_meta(proj_weight)):
+        return None
+    return _empty(tuple(x.shape[:-1]) + (proj_weight.shape[0],), x.dtype)
+
+
+def _relative_position_bias(table, index, window_size):
+    """Swin's _get_relative_position_bias: [1, heads, N, N] with N the window area."""
+    if not _is_meta(table) or table.ndim != 2:
+        return None
+    n = window_size[0] * window_size[1]
+    return _empty((1, table.shape[1], n, n), table.dtype)
+
+
+# fx-wrapped functions of other packages, by (module, name): no import of those packages
+_NAMED: dict[tuple[str, str], Fast] = {
+    ("torchvision.models.swin_transformer", "shifted_window_attention"): _window_attention,
+    ("torchvision.models.swin_transformer", "_get_relative_position_bias"): _relative_position_bias,
+    ("fxprune.nn_window", "window_attention"): _window_attention,
+}
+
+
 def fast_function(target: Any) -> Fast | None:
     try:
-        return _FUNCTIONS.get(target)
+        fast = _FUNCTIONS.get(target)
     except TypeError:  # unhashable target
         return None
+    if fast is None:
+        fast = _NAMED.get((getattr(target, "__module__", None), getattr(target, "__name__", None)))
+    return fast
 
 
 def fast_method(name: str) -> Fast | None:

@@ -85,7 +85,9 @@ class MetaInterpreter(fx.Interpreter):
     def call_module(self, target, args, kwargs):
         if not self.meta:
             return super().call_module(target, args, kwargs)
-        mod = self.fetch_attr(target)
+        mod = self.submodules.get(target)  # torch's Interpreter indexes them once
+        if mod is None:
+            mod = self.fetch_attr(target)
         fast = fast_module(mod)
         out = fast(mod, *args, **kwargs) if fast is not None else None
         if out is not None:

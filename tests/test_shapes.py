@@ -71,12 +71,34 @@ def test_fast_paths_match_a_real_run(size):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "densenet121", "convnext_tiny",
-                                  "swin_t", "vit_b_32"])
+                                  "swin_t", "swin_v2_t", "vit_b_32"])
 def test_torchvision_shapes_match_a_real_run(name):
     model = getattr(torchvision.models, name)().eval()
     x = torch.randn(1, 3, 224, 224)
     gm = trace(model, x)
     assert _shapes(gm) == _real_shapes(gm, x)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("call", [dict(), dict(need_weights=False), dict(average_attn_weights=False)])
+def test_multihead_attention_shapes(batch_first, call):
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=batch_first)
+
+        def forward(self, q, kv):
+            return self.attn(q, kv, kv, **call)
+
+    q, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    if not batch_first:
+        q, kv = q.transpose(0, 1), kv.transpose(0, 1)
+    gm = trace(Attn().eval(), (q, kv))
+    gm2 = torch.fx.GraphModule(gm, gm.graph)
+    for n in gm2.graph.nodes:
+        n.meta.pop("tensor_meta", None)
+    ShapeProp(gm2).propagate(q, kv)
+    assert _shapes(gm) == _shapes(gm2)
 
 
 def test_fast_paths_are_used_and_decline_what_they_cannot_do():

@@ -17,9 +17,9 @@ from .elements import ElementSpace, TensorRef
 from .grouping import find_groups
 from .errors import FxPruneError
 from .rules import RuleContext, rule_for
-from .trace import trace_graph
+from .trace import Traced, trace_graph
 
-__all__ = ["analyze", "resolve_ignore", "graph_signature"]
+__all__ = ["analyze", "apply_rules", "resolve_ignore", "graph_signature"]
 
 
 class _Params:
@@ -169,6 +169,17 @@ def analyze(
     ignored = resolve_ignore(model, ignore)
     traced = trace_graph(model, example_inputs, leaf_modules=leaf_modules,
                          concrete_args=concrete_args)
+    space, aliases = apply_rules(traced)
+    groups, frozen = find_groups(space, ignored)
+    cg = ChannelGraph(traced, tuple(groups), tuple(frozen), tensor_names=aliases, space=space)
+    if warn:
+        _warn_barriers(cg)
+    return cg
+
+
+def apply_rules(traced: Traced) -> tuple[ElementSpace, dict[str, tuple[str, ...]]]:
+    """Run every node's rule over the traced graph. Returns the element space (links and
+    freezes) and, per canonical tensor key, all names of that tensor."""
     space = ElementSpace()
     params = _Params(traced.root, traced.graph, space)
     refs: dict[str, list[TensorRef | None]] = {}
@@ -182,11 +193,7 @@ def analyze(
     aliases: dict[str, tuple[str, ...]] = {}
     for name, key in params.canon.items():
         aliases[key] = aliases.get(key, ()) + (name,)
-    groups, frozen = find_groups(space, ignored)
-    cg = ChannelGraph(traced, tuple(groups), tuple(frozen), tensor_names=aliases, space=space)
-    if warn:
-        _warn_barriers(cg)
-    return cg
+    return space, aliases
 
 
 def _warn_barriers(cg: ChannelGraph) -> None:

@@ -131,3 +131,23 @@ def test_speedup_report_against_macs():
     console.print(rep.table())
     text = console.export_text()
     assert "torch-cpu" in text and "2.00x" in text and (has_trt or "tensorrt skipped" in text)
+
+
+def test_time_runners_keeps_sampling_fast_runs_until_min_seconds():
+    from fxprune.bench import time_runners
+
+    calls = [0, 0]
+
+    def runner(k):
+        def run():
+            calls[k] += 1
+            return 0.1
+        return run
+
+    times = time_runners([runner(0), runner(1)], warmup=2, repeats=3, min_seconds=0.05,
+                         max_repeats=10_000)
+    assert len(times[0]) == len(times[1]) > 3  # interleaved, and more than the minimum
+    assert calls == [len(times[0]) + 2] * 2   # warm-up runs are not recorded
+    capped = time_runners([runner(0)], warmup=0, repeats=3, min_seconds=60, max_repeats=7)
+    assert len(capped[0]) == 7
+    assert len(time_runners([runner(0)], warmup=0, repeats=4)[0]) == 4

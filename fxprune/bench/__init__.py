@@ -8,7 +8,7 @@ of a pruned model against the MACs reduction (the ideal).
 from __future__ import annotations
 
 from .backends import BACKENDS, Backend, BackendUnavailable, available_backends, get_backend
-from .latency import BatchStats, LatencyReport, latency, with_batch
+from .latency import BatchStats, LatencyReport, latency, time_runners, with_batch
 from .report import SpeedupReport, SpeedupRow, speedup
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "get_backend",
     "latency",
     "speedup",
+    "time_runners",
     "with_batch",
 ]

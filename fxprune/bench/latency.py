@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -119,16 +120,23 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
                 m.training = f
 
 
-def time_runners(runners: Sequence[Runner], warmup: int, repeats: int) -> list[list[float]]:
-    """Warm every runner up, then time them ``repeats`` times *interleaved* (a, b, a, b…)
-    so slow drift of the machine (thermal, other load) hits all of them alike."""
+def time_runners(runners: Sequence[Runner], warmup: int, repeats: int,
+                 min_seconds: float = 0.0, max_repeats: int | None = None) -> list[list[float]]:
+    """Warm every runner up, then time them *interleaved* (a, b, a, b…) so slow drift of
+    the machine (thermal, other load) hits all of them alike: at least ``repeats`` rounds,
+    and more until ``min_seconds`` have passed (fast models get more samples; at most
+    ``max_repeats`` rounds, default 20 × ``repeats``)."""
     for _ in range(warmup):
         for run in runners:
             run()
     times: list[list[float]] = [[] for _ in runners]
-    for _ in range(repeats):
+    cap = max(max_repeats or 20 * repeats, repeats)
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or (rounds < cap and time.perf_counter() - start < min_seconds):
         for run, acc in zip(runners, times):
             acc.append(run())
+        rounds += 1
     return times
 
 
@@ -140,13 +148,14 @@ def latency(module: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Ten
             backend: str | Backend = "torch-cpu", batch_sizes: Sequence[int] = (1, 32),
             warmup: int = 10, repeats: int = 50, threads: int | None = None,
             skip_unavailable: bool = True, progress: Callable[[str], None] | None = None,
-            **backend_options: Any) -> LatencyReport:
+            min_seconds: float = 0.0, **backend_options: Any) -> LatencyReport:
     """Time ``module`` on ``backend`` at each batch size; see the module docstring.
 
     ``backend`` is a name (``fxprune.bench.backends.BACKENDS``) or a ``Backend``;
     ``threads`` defaults to torch's intra-op thread count; ``backend_options`` go to
     the backend (``cuda_graphs``, ``fp16``, ``timing_cache`` …). ``progress`` is
-    called with a short description before each batch size.
+    called with a short description before each batch size. ``min_seconds`` keeps
+    timing past ``repeats`` until that much time has passed (see ``time_runners``).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
@@ -166,7 +175,7 @@ def latency(module: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Ten
                 if progress:
                     progress(f"{name} batch {bs}")
                 run = be.prepare(module, with_batch(inputs, bs))
-                (times,) = time_runners([run], warmup, repeats)
+                (times,) = time_runners([run], warmup, repeats, min_seconds)
                 report.stats[bs] = BatchStats.from_times(bs, times)
     except BackendUnavailable as e:
         if not skip_unavailable:

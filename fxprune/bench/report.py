@@ -117,7 +117,8 @@ def _human(n: float) -> str:
 
 def _measure(backend: str, original: nn.Module, pruned: nn.Module,
              inputs: tuple[torch.Tensor, ...], batch_sizes: Sequence[int], macs_speedup: float,
-             warmup: int, repeats: int, threads: int | None, **options: Any) -> list[SpeedupRow]:
+             warmup: int, repeats: int, threads: int | None, min_seconds: float,
+             **options: Any) -> list[SpeedupRow]:
     try:
         be = get_backend(backend, threads, **options)
     except BackendUnavailable as e:
@@ -131,7 +132,8 @@ def _measure(backend: str, original: nn.Module, pruned: nn.Module,
             except BackendUnavailable as e:
                 rows.append(SpeedupRow(backend, bs, skipped=str(e)))
                 continue
-            a, b = (BatchStats.from_times(bs, t) for t in time_runners(runs, warmup, repeats))
+            a, b = (BatchStats.from_times(bs, t) for t in time_runners(runs, warmup, repeats,
+                                                                        min_seconds))
             sp = a.median_ms / b.median_ms
             rows.append(SpeedupRow(backend, bs, a.median_ms, b.median_ms, a.iqr_ms, b.iqr_ms,
                                    sp, sp / macs_speedup, be.version(), be.device(), be.threads))
@@ -143,10 +145,12 @@ def _measure(backend: str, original: nn.Module, pruned: nn.Module,
 def speedup(original: nn.Module, pruned: Any, example_inputs: torch.Tensor | Sequence[torch.Tensor],
             backends: Sequence[str] = ("torch-cpu", "onnxruntime"),
             batch_sizes: Sequence[int] = (1, 32), warmup: int = 10, repeats: int = 50,
-            threads: int | None = None, **backend_options: Any) -> SpeedupReport:
+            threads: int | None = None, min_seconds: float = 0.0,
+            **backend_options: Any) -> SpeedupReport:
     """Compare ``original`` with ``pruned`` (a module or a ``PruneResult``): MACs and
-    params with ``fxprune.count`` and latency on every backend and batch size.
-    Backends that cannot run here become rows with ``skipped`` set."""
+    params with ``fxprune.count`` and latency on every backend and batch size
+    (``min_seconds``: see ``time_runners``). Backends that cannot run here become rows
+    with ``skipped`` set."""
     import fxprune
 
     pruned_mod: nn.Module = getattr(pruned, "module", pruned)
@@ -158,5 +162,5 @@ def speedup(original: nn.Module, pruned: Any, example_inputs: torch.Tensor | Seq
         for name in backends:
             report.rows += _measure(name, original, pruned_mod, inputs, batch_sizes,
                                     report.macs_speedup, warmup, repeats, threads,
-                                    **backend_options)
+                                    min_seconds, **backend_options)
     return report

@@ -178,6 +178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ignore-classifier", action="store_true",
                    help="keep the last Linear whole, input channels included")
     p.add_argument("--resume", action="store_true", help="skip runs already in the JSON")
+    p.add_argument("--report-only", action="store_true",
+                   help="re-write the plot and markdown and re-check the target from the JSON")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
@@ -190,6 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        return report(json.loads((args.out / "speedup.json").read_text())["results"], args.out)
     jobs = [(m, r, 1, t) for t in args.threads for m in args.models for r in args.ratios]
     jobs += [(m, 0.5, k, t) for t in args.threads for m in args.models for k in args.round_to
              if 0.5 in args.ratios]
@@ -210,9 +214,37 @@ def main(argv: list[str] | None = None) -> int:
             save(results, args)
             prog.console.print(speedup_table(res))
             prog.advance(task)
-    plot(results, args.out / "speedup.png")
-    console.print(f"wrote {args.out / 'speedup.json'} and {args.out / 'speedup.png'}")
+    return report(results, args.out)
+
+
+def report(results: list[dict[str, Any]], out: Path) -> int:
+    """Plot, markdown table and target check of every run in ``results``."""
+    plot(results, out / "speedup.png")
+    with atomic_path(out / "speedup.md") as tmp:
+        tmp.write_text(markdown(results), encoding="utf-8")
+    console.print(f"wrote {out / 'speedup.json'}, {out / 'speedup.md'} and {out / 'speedup.png'}")
     return 0 if target_check(results) else 1
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """One row per model, ratio, round_to, thread count, backend and batch size."""
+    lines = ["# Measured speed-up (`bench/speedup.py`)", "",
+             "Speed-ups are original / pruned; efficiency is measured / MACs speed-up; "
+             "threads is the runtime's intra-op thread count.", "",
+             "| model | ratio | round_to | threads | backend | batch | MACs speed-up | "
+             "latency ms (original → pruned, median) | measured | efficiency |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    key = lambda r: (r["model"], r["ratio"], r["round_to"], r.get("threads", 0))  # noqa: E731
+    for res in sorted(results, key=key):
+        for r in res["report"]["rows"]:
+            if r["skipped"]:
+                continue
+            lines.append(
+                f"| {res['model']} | {res['ratio']} | {res['round_to']} | {r['threads']} | "
+                f"{r['backend']} | {r['batch_size']} | {res['macs_speedup']:.2f}× | "
+                f"{r['original_ms']:.1f} → {r['pruned_ms']:.1f} | {r['speedup']:.2f}× | "
+                f"{r['efficiency']:.0%} |")
+    return "\n".join(lines) + "\n"
 
 
 def speedup_table(res: dict[str, Any]) -> Table:

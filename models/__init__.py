@@ -4,7 +4,7 @@
     fxprune.models.list_models()  # ['densenet40', 'preresnet164', 'resnet110', ...]
 
 All models take 32x32 inputs, accept ``num_classes`` and ``in_channels`` (e.g. 1 for
-the digits demo), use Kaiming init, and trace with ``torch.fx.symbolic_trace``.
+the digits demo), use Kaiming init (``init_weights``, also what Scratch-E/B re-apply), and trace with ``torch.fx.symbolic_trace``.
 ResNets also take ``width`` (base width) and ``shortcut`` ("A" or "B"), PreResNet
 ``width``, DenseNet ``growth_rate`` and ``compression``, VGGs ``cfg``.
 """
@@ -14,12 +14,12 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .cifar_resnet import CifarResNet, resnet20, resnet32, resnet56, resnet110
+from .cifar_resnet import CifarResNet, init_weights, resnet20, resnet32, resnet56, resnet110
 from .densenet import DenseNet, densenet40
 from .preresnet import PreResNet, preresnet164
 from .vgg import VGG, vgg16, vgg19
 
-__all__ = ["VGG", "CifarResNet", "DenseNet", "PreResNet", "get_model", "list_models"]
+__all__ = ["VGG", "CifarResNet", "DenseNet", "PreResNet", "get_model", "init_weights", "list_models"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,

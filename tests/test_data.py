@@ -142,3 +142,21 @@ def test_digits_split_is_deterministic_per_seed() -> None:
     a, b, c = digits(seed=0), digits(seed=0), digits(seed=1)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
     assert not torch.equal(a.labels, c.labels)
+
+
+def test_dataloader_reads_whole_batches() -> None:
+    """DataLoader takes a batch through __getitems__: one batched read, same items."""
+    from torch.utils.data import DataLoader
+
+    from fxprune.data import ImageTensorDataset
+
+    data = ImageTensorDataset(torch.randint(0, 255, (10, 3, 32, 32), dtype=torch.uint8),
+                              torch.arange(10), (0.5,) * 3, (0.25,) * 3)
+    items = data.__getitems__([3, 1])
+    assert [y for _, y in items] == [3, 1] and items[0][0].shape == (3, 32, 32)
+    assert torch.equal(items[0][0], data[3][0])
+    calls = []
+    batch = data.batch
+    data.batch = lambda idx, generator=None: calls.append(len(idx)) or batch(idx, generator)
+    x, y = next(iter(DataLoader(data, batch_size=4)))
+    assert calls == [4] and x.shape == (4, 3, 32, 32) and y.tolist() == [0, 1, 2, 3]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import fxprune
-from fxprune.data import ImageTensorDataset, find_cifar10
+from fxprune.data import find_cifar10
 from fxprune.passes.unstructured import apply_masks, magnitude_masks
 from fxprune.train import load_matching
 
@@ -89,15 +89,6 @@ def test_rewind_masked_keeps_masks_and_zeros() -> None:
     w, mask = masked.conv1.weight, masked.conv1.parametrizations.weight[0].mask
     assert torch.equal(w, saved["conv1.weight"] * mask)
     assert abs(C.measure(masked, C.example_input())["density"] - 0.3) < 0.01
-
-
-def test_batched_dataset_reads_whole_batches() -> None:
-    data = ImageTensorDataset(torch.randint(0, 255, (10, 3, 32, 32), dtype=torch.uint8),
-                              torch.arange(10), (0.5,) * 3, (0.25,) * 3)
-    b = C.BatchedDataset(data)
-    items = b.__getitems__([3, 1])
-    assert [y for _, y in items] == [3, 1] and items[0][0].shape == (3, 32, 32)
-    assert torch.equal(items[0][0], data[3][0])
 
 
 def _run_and_check(name: str, tmp_path: Path, keys: tuple[str, ...]) -> dict:

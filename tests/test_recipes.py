@@ -155,6 +155,21 @@ def test_scratch_e_trains_a_fresh_init_for_e_epochs():
     assert all(not torch.equal(rec.start[k], p) for k, p in model.named_parameters())
 
 
+def test_scratch_e_applies_the_models_own_init():
+    seen = []
+
+    def init(m):
+        seen.append(type(m).__name__)
+        for p in m.parameters():
+            torch.nn.init.constant_(p, 0.25)
+
+    cfg = _cfg(epochs=1)
+    rec = _Recorder()
+    scratch_e(TinyNet(), _data(), None, cfg, init=init, grad_hook=rec)
+    assert seen == ["TinyNet"]
+    assert all(torch.all(p == 0.25) for p in rec.start.values())
+
+
 @pytest.mark.parametrize("epochs,full,pruned,cap,want", [
     (160, 2.0e8, 1.0e8, None, 320), (160, 3.0, 2.0, None, 240), (3, 3.0, 2.0, None, 5),
     (160, 4.0, 1.0, 2.0, 320), (10, 1.0, 1.0, None, 10),

@@ -33,7 +33,7 @@ from fxprune.train import EpochCallback, RewindFn, TrainResult, evaluate
 from fxprune.train.checkpoint import atomic_write_text
 
 __all__ = [
-    "BatchedDataset", "add_common_args", "block_conv_groups", "build_model", "cifar_data",
+    "add_common_args", "block_conv_groups", "build_model", "cifar_data",
     "criterion_available",
     "epoch_printer", "evaluate_cached", "example_input", "internal_groups", "log", "md_table",
     "measure", "rewind_from_plan", "rewind_masked", "setup_torch", "slimming_prune",
@@ -69,35 +69,13 @@ def add_common_args(p: argparse.ArgumentParser, presets: Sequence[str], out: str
 
 # --------------------------------------------------------------------------- data
 
-class BatchedDataset(Dataset):
-    """An `ImageTensorDataset` that `DataLoader` reads a whole batch at a time.
-
-    `DataLoader` calls `__getitems__` with the batch's indices, so augmentation
-    runs once per batch instead of once per image (about 10x faster on CPU). The
-    random crops and flips draw from torch's global RNG, which the training loop
-    seeds per run and restores on resume.
-    """
-
-    def __init__(self, data: ImageTensorDataset) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.data[i]
-
-    def __getitems__(self, idx: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
-        x, y = self.data.batch(torch.as_tensor(list(idx), dtype=torch.long))
-        return list(zip(x.unbind(0), y.tolist()))
-
-
 def cifar_data(train_size: int | None, test_size: int | None,
-               seed: int = 0) -> tuple[BatchedDataset, BatchedDataset]:
-    """Seeded, class-balanced CIFAR-10 subsets (None = the whole split); train augmented."""
+               seed: int = 0) -> tuple[ImageTensorDataset, ImageTensorDataset]:
+    """Seeded, class-balanced CIFAR-10 subsets (None = the whole split); train augmented.
+    ``DataLoader`` reads them a whole batch at a time (``ImageTensorDataset.__getitems__``)."""
     train = cifar10(train=True, subset=train_size, seed=seed, augment=True)
     test = cifar10(train=False, subset=test_size, seed=seed, augment=False)
-    return BatchedDataset(train), BatchedDataset(test)
+    return train, test
 
 
 def example_input() -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import fxprune
+from fxprune.models import init_weights
 from fxprune.passes.slimming_sparsity import bn_sparsity_hook
 from fxprune.train import (TrainConfig, evaluate, fine_tune, scratch_b, scratch_b_epochs, scratch_e,
                            train_original)
@@ -150,9 +151,10 @@ def _train_original(key: str, o: Original, data, cfg: TrainConfig, work: Path) -
 def _retrain(arm: Arm, pruned: nn.Module, data, cfg: TrainConfig, p: Preset, work: Path,
              macs: tuple[int, int]) -> dict[str, dict]:
     """Fine-tune, Scratch-E and Scratch-B of one pruned architecture, by name."""
-    b_kw = {"macs_full": macs[0], "macs_pruned": macs[1], "max_factor": p.max_factor}
+    init = {"init": init_weights}  # the models' own Kaiming init, as in the paper
+    b_kw = {"macs_full": macs[0], "macs_pruned": macs[1], "max_factor": p.max_factor, **init}
     runs = {"fine-tune": (fine_tune, {"lr": 1e-3, "epochs": p.ft_epochs}, p.ft_epochs),
-            "scratch-e": (scratch_e, {}, cfg.epochs),
+            "scratch-e": (scratch_e, init, cfg.epochs),
             "scratch-b": (scratch_b, b_kw, scratch_b_epochs(cfg.epochs, *macs,
                                                              max_factor=p.max_factor))}
     out: dict[str, dict] = {}

@@ -71,8 +71,11 @@ def fine_tune(model: nn.Module, train_data: Dataset, test_data: Dataset | None,
     return train(copy.deepcopy(model), train_data, test_data, ft, **train_kwargs)
 
 
-def reinitialize(model: nn.Module, *, seed: int | None = None) -> nn.Module:
-    """Re-initialise `model` in place with each module's own `reset_parameters()`.
+def reinitialize(model: nn.Module, *, seed: int | None = None,
+                 init: Callable[[nn.Module], Any] | None = None) -> nn.Module:
+    """Re-initialise `model` in place with each module's own `reset_parameters()`, then
+    with `init(model)` if given (a model family's own scheme, e.g.
+    `fxprune.models.init_weights`: Kaiming-normal convs as in the papers' Scratch runs).
 
     BatchNorm running statistics are reset too. Weights pruned with
     `torch.nn.utils.prune` (`weight_orig` + `weight_mask`) get fresh values in
@@ -97,6 +100,10 @@ def reinitialize(model: nn.Module, *, seed: int | None = None) -> nn.Module:
                     _sync_pruned_orig(m)
                 if callable(getattr(m, "reset_running_stats", None)):
                     m.reset_running_stats()
+            if init is not None:
+                init(model)
+                for m in model.modules():
+                    _sync_pruned_orig(m)
     return model
 
 
@@ -119,9 +126,11 @@ def _sync_pruned_orig(m: nn.Module) -> None:
 
 
 def scratch_e(model: nn.Module, train_data: Dataset, test_data: Dataset | None,
-              cfg: TrainConfig, **train_kwargs: Any) -> TrainResult:
-    """Scratch-E: the pruned architecture, re-initialised, trained for the original's E epochs."""
-    net = reinitialize(copy.deepcopy(model), seed=cfg.seed)
+              cfg: TrainConfig, *, init: Callable[[nn.Module], Any] | None = None,
+              **train_kwargs: Any) -> TrainResult:
+    """Scratch-E: the pruned architecture, re-initialised (see `reinitialize` for `init`),
+    trained for the original's E epochs."""
+    net = reinitialize(copy.deepcopy(model), seed=cfg.seed, init=init)
     return train(net, train_data, test_data, cfg, **train_kwargs)
 
 
@@ -142,12 +151,14 @@ def scratch_b_epochs(epochs: int, macs_full: float, macs_pruned: float, *,
 
 def scratch_b(model: nn.Module, train_data: Dataset, test_data: Dataset | None,
               cfg: TrainConfig, *, macs_full: float, macs_pruned: float,
-              max_factor: float | None = None, **train_kwargs: Any) -> TrainResult:
-    """Scratch-B: re-initialise and train for the original's compute budget in epochs,
-    with the LR dropping by `cfg.gamma` at 50% and 75% of them."""
+              max_factor: float | None = None, init: Callable[[nn.Module], Any] | None = None,
+              **train_kwargs: Any) -> TrainResult:
+    """Scratch-B: re-initialise (see `reinitialize` for `init`) and train for the
+    original's compute budget in epochs, with the LR dropping by `cfg.gamma` at 50% and
+    75% of them."""
     epochs = scratch_b_epochs(cfg.epochs, macs_full, macs_pruned, max_factor=max_factor)
     b = cfg.replace(epochs=epochs, schedule="step", milestones=(0.5, 0.75))
-    net = reinitialize(copy.deepcopy(model), seed=cfg.seed)
+    net = reinitialize(copy.deepcopy(model), seed=cfg.seed, init=init)
     return train(net, train_data, test_data, b, **train_kwargs)
 
 

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import TensorMetadata
 
+from .nn import PrunedMultiheadAttention
 from .trace import trace
 
 __all__ = ["Counts", "count", "macs_of_graph"]
@@ -53,14 +54,17 @@ def _module_macs(m: nn.Module, node: fx.Node) -> int:
         return math.prod(x) * math.prod(m.weight.shape[1:])
     if isinstance(m, nn.Linear):
         return math.prod(out) * m.in_features
-    if isinstance(m, nn.MultiheadAttention):
+    if isinstance(m, (nn.MultiheadAttention, PrunedMultiheadAttention)):
         q = _shape(node.args[0])
         L, B = (q[1], q[0]) if m.batch_first else (q[0], q[1])
         k = _shape(node.args[1]) or q
         S = k[1] if m.batch_first else k[0]
-        E = m.embed_dim
-        proj = B * (L * E * E + 2 * S * E * E) + B * L * E * E
-        return proj + 2 * B * L * S * E
+        if isinstance(m, nn.MultiheadAttention):
+            e_in = e_out = inner = m.embed_dim
+        else:  # heads and widths pruned apart
+            e_in, e_out, inner = m.embed_in, m.embed_out, m.num_heads * m.head_dim
+        proj = B * (L + 2 * S) * e_in * inner + B * L * inner * e_out  # q, k, v; out_proj
+        return proj + 2 * B * L * S * inner  # q·kᵀ and attn·v
     return 0
 
 

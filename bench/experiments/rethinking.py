@@ -313,8 +313,8 @@ def markdown(payload: dict) -> str:
             "originals are far from converged, so every method is also limited by training "
             "time, and one seed on a small test set leaves differences of a few points in "
             "the noise.",
-            "- Scratch runs re-initialise with each layer's `reset_parameters()` "
-            "(PyTorch defaults), not the Kaiming-normal init the originals use.",
+            "- Scratch runs re-initialise with the models' own init "
+            "(`fxprune.models.init_weights`: Kaiming-normal convs, unit BN), as the originals.",
             "- L1-filter arms prune the first conv of each residual block only (the residual "
             "stream is left alone); the small presets' ResNet arm applies the ResNet-56-B "
             "per-stage ratios to every block (the published skip lists exist only for ResNet-56/110).",

@@ -32,7 +32,7 @@ from fxprune.criteria import CriterionOutput
 from fxprune.plan import PruningPlan
 
 from .reconstruct import ChannelGram, reconstruct_weight
-from .thinet import Consumer, kept_channels, pruned_tensor, score_consumers
+from .thinet import Consumer, consumer_updates, pruned_tensor, score_consumers
 
 __all__ = ["gram_design", "lasso_path_scores", "lasso_criterion"]
 
@@ -77,22 +77,15 @@ def _target(layer: nn.Module, x: Tensor, chunk: int = 256) -> Tensor:
 
 def _refit_updates(cg: ChannelGraph, cons: dict[str, Consumer], inputs: dict[str, Tensor],
                    num_samples: int | None):
-    def updates(plan: PruningPlan) -> dict[str, Tensor]:
-        out = {}
-        for c in cons.values():
-            kept = kept_channels(c, plan)
-            if kept is None:
-                continue
-            layer = cg.gm.get_submodule(c.module)
-            x = inputs[c.module]
-            cpu = copy.deepcopy(layer).float().cpu()
-            dim = 1 if isinstance(layer, nn.Conv2d) else x.ndim - 1
-            x_kept = x.index_select(dim, torch.as_tensor(kept))
-            w = reconstruct_weight(cpu, x_kept, _target(cpu, x), num_samples=num_samples)
-            w = w.to(layer.weight)
-            out[c.weight] = pruned_tensor(cg, plan, c.weight, w, skip_dims=(1,))
-        return out
-    return updates
+    def refit(c: Consumer, kept: np.ndarray, plan: PruningPlan) -> Tensor:
+        layer = cg.gm.get_submodule(c.module)
+        x = inputs[c.module]
+        cpu = copy.deepcopy(layer).float().cpu()
+        dim = 1 if isinstance(layer, nn.Conv2d) else x.ndim - 1
+        x_kept = x.index_select(dim, torch.as_tensor(kept))
+        w = reconstruct_weight(cpu, x_kept, _target(cpu, x), num_samples=num_samples)
+        return pruned_tensor(cg, plan, c.weight, w.to(layer.weight), skip_dims=(1,))
+    return consumer_updates(cons, refit)
 
 
 def lasso_criterion(cg: ChannelGraph, *, model: nn.Module | None = None, calibration=None,

@@ -178,19 +178,27 @@ def pruned_tensor(cg: ChannelGraph, plan: PruningPlan, name: str, full: Tensor,
     return select(full, dims) if dims else full.detach().clone()
 
 
-def _rescale_updates(cg: ChannelGraph, cons: dict[str, Consumer], grams: dict[str, ChannelGram]):
+def consumer_updates(cons: dict[str, Consumer], new_weight):
+    """The ``weight_updates`` of a criterion that re-fits consumers: for a plan, the new
+    weight ``new_weight(consumer, kept input channels, plan)`` of every consumer whose
+    group the plan prunes."""
     def updates(plan: PruningPlan) -> dict[str, Tensor]:
         out = {}
         for c in cons.values():
             kept = kept_channels(c, plan)
-            if kept is None:
-                continue
-            w = cg.gm.get_parameter(c.weight).detach().clone()
-            s = least_squares_rescale(grams[c.module], kept).to(w)
-            w[:, kept] *= s.view(1, -1, *([1] * (w.ndim - 2)))
-            out[c.weight] = pruned_tensor(cg, plan, c.weight, w)
+            if kept is not None:
+                out[c.weight] = new_weight(c, kept, plan)
         return out
     return updates
+
+
+def _rescale_updates(cg: ChannelGraph, cons: dict[str, Consumer], grams: dict[str, ChannelGram]):
+    def rescaled(c: Consumer, kept: np.ndarray, plan: PruningPlan) -> Tensor:
+        w = cg.gm.get_parameter(c.weight).detach().clone()
+        s = least_squares_rescale(grams[c.module], kept).to(w)
+        w[:, kept] *= s.view(1, -1, *([1] * (w.ndim - 2)))
+        return pruned_tensor(cg, plan, c.weight, w)
+    return consumer_updates(cons, rescaled)
 
 
 def score_consumers(name: str, cg: ChannelGraph, calibration, fallback: str | None,

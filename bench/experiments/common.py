@@ -332,3 +332,17 @@ def experiment_main(argv: list[str] | None, doc: str, name: str, presets: Sequen
     print(md)
     log(f"wrote {', '.join(map(str, paths))}")
     return 0
+
+
+def cached_main(argv: list[str] | None, doc: str, presets: Sequence[str],
+                run: Callable[[str, Path, str, Path | None], dict], cache_help: str) -> dict:
+    """The command line of the search experiments (jackpot, tas): a preset, the results
+    folder, the device and where to keep checkpoints."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--preset", choices=sorted(presets), default="cpu")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help=f"checkpoints of {cache_help} (default $FXPRUNE_CACHE/bench)")
+    a = ap.parse_args(argv)
+    return run(a.preset, a.out, a.device, a.cache)

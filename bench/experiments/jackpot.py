@@ -17,7 +17,6 @@ under ``$FXPRUNE_CACHE/bench``.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -219,15 +218,7 @@ def _plot(r: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--cache", type=Path, default=None,
-                    help="checkpoints of the dense training and the search (default "
-                         "$FXPRUNE_CACHE/bench)")
-    a = ap.parse_args(argv)
-    return run(a.preset, a.out, a.device, a.cache)
+    return C.cached_main(argv, __doc__, PRESETS, run, "the dense training and the search")
 
 
 if __name__ == "__main__":

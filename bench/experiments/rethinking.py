@@ -346,8 +346,7 @@ def plot(payload: dict, path: Path) -> None:
     ax.set_title(f"Rethinking the value of pruning, preset {payload['preset']}")
     ax.legend(fontsize=8, ncol=4, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    C.save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:

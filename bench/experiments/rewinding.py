@@ -326,8 +326,7 @@ def plot(payload: dict, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(f"Rewinding vs fine-tuning, preset {payload['preset']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    C.save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:

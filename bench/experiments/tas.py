@@ -15,7 +15,6 @@ epochs to train from scratch). Writes ``tas.json``, ``tas.md`` and ``tas.png``.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.util
 import json
@@ -216,15 +215,7 @@ def _plot(r: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--cache", type=Path, default=None,
-                    help="checkpoints of the dense training, search and KD runs "
-                         "(default $FXPRUNE_CACHE/bench)")
-    a = ap.parse_args(argv)
-    return run(a.preset, a.out, a.device, a.cache)
+    return C.cached_main(argv, __doc__, PRESETS, run, "the dense training, search and KD runs")
 
 
 if __name__ == "__main__":

@@ -39,9 +39,6 @@ class TensorRef:
     def __repr__(self) -> str:
         return f"TensorRef({self.key!r}, shape={self.shape})"
 
-    def norm(self, d: int) -> int:
-        return d % self.ndim if self.ndim else 0
-
 
 @dataclass(frozen=True)
 class Freeze:
@@ -120,8 +117,7 @@ class ElementSpace:
         self.edge_kind.append(kind)
 
     def couple(self, a: TensorRef, da: int, b: TensorRef, db: int, node: str) -> None:
-        """Identity: index i of ``a[da]`` is index i of ``b[db]`` (the most common link,
-        so written out in full)."""
+        """Identity: index i of ``a[da]`` is index i of ``b[db]`` (the most common link)."""
         ida, idb = a.dims[da % a.ndim], b.dims[db % b.ndim]
         na, nb = self.dim_size[ida], self.dim_size[idb]
         if na != nb:
@@ -132,11 +128,7 @@ class ElementSpace:
         if na:
             self.same_a.append(ida)
             self.same_b.append(idb)
-            self.touched.add(ida)
-            self.touched.add(idb)
-            self.edge_a.append(ida)
-            self.edge_b.append(idb)
-            self.edge_kind.append("identity")
+            self._edge(ida, idb, "identity")
 
     def couple_all(self, a: TensorRef, b: TensorRef, node: str) -> None:
         """Identity on every dim of two same-rank tensors."""

@@ -119,7 +119,7 @@ def onnx_session(path: PathLike, providers: Sequence[str] | None = None,
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise ExportError("onnxruntime is not installed: pip install 'fxprune[onnx]'") from e
+        raise ExportError("onnxruntime is not installed: pip install onnxruntime (a core dependency of fxprune: reinstall it)") from e
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3

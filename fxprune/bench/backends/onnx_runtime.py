@@ -23,7 +23,7 @@ def _import_ort():
     try:
         import onnxruntime
     except ImportError as e:
-        raise BackendUnavailable("onnxruntime is not installed: pip install 'fxprune[onnx]'") from e
+        raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime (a core dependency of fxprune: reinstall it)") from e
     return onnxruntime
 
 

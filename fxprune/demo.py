@@ -144,7 +144,10 @@ def main(out: str | Path = "demo_out", epochs: int | None = None, quick: bool = 
     import fxprune
 
     from . import io, models
+    from .deps import require
 
+    # the last step saves ONNX and measures ONNX Runtime: fail now, not after training
+    require("onnx", "onnxruntime", "safetensors", why="fxprune demo (ONNX export and latency)")
     console = console or Console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

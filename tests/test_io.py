@@ -31,7 +31,7 @@ def _run_and_check(tmp_path, result, **save_kw):
     """Save, load with the factory from meta.json, compare outputs and weights."""
     path = io.save(tmp_path / "m", result, example_inputs=(X,), factory="tiny_models:tiny",
                    **save_kw)
-    loaded = io.load(path)
+    loaded = io.load(path, trust_factory=True)  # tiny_models:tiny is not a registry model
     ref = result.module.eval()
     torch.testing.assert_close(loaded.module(X), ref(X), rtol=0, atol=0)
     for (k, a), (k2, b) in zip(loaded.module.state_dict().items(), ref.state_dict().items()):
@@ -42,12 +42,15 @@ def _run_and_check(tmp_path, result, **save_kw):
 
 def test_save_load_replay_is_exact(tmp_path, result):
     path = _run_and_check(tmp_path, result)
-    assert sorted(p.name for p in path.iterdir()) == ["meta.json", "plan.json", "state_dict.pt"]
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "meta.json",
+                                                      "model.safetensors", "plan.json"]
     meta = io.read_meta(path)
     assert meta["model_factory"] == "tiny_models:tiny" and meta["input_shapes"] == [[2, 3, 16, 16]]
     assert meta["torch_version"] == torch.__version__ and meta["params"] > 0
-    # tensors only: loadable with weights_only=True
-    assert isinstance(torch.load(path / "state_dict.pt", weights_only=True), dict)
+    # tensors only, no pickle: a plain safetensors file
+    from safetensors.torch import load_file
+
+    assert set(load_file(path / "model.safetensors")) == set(result.module.state_dict())
 
 
 def test_save_with_onnx_and_pt2(tmp_path, result):
@@ -81,12 +84,12 @@ def test_interrupted_save_keeps_previous_save_intact(tmp_path, result, monkeypat
     path = io.save(tmp_path / "m", result, example_inputs=(X,), factory="tiny_models:tiny")
     before = _snapshot(path)
 
-    def torch_save_dies_midway(obj, f, *a, **kw):
+    def write_dies_midway(f, *a, **kw):
         with open(f, "wb") as fh:
             fh.write(b"half a state dict")
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", torch_save_dies_midway)
+    monkeypatch.setattr(io, "write_state_dict", write_dies_midway)
     with torch.no_grad():
         other = fxprune.prune(tiny(), (X,), ratio=0.25)
     with pytest.raises(OSError, match="disk full"):
@@ -94,7 +97,7 @@ def test_interrupted_save_keeps_previous_save_intact(tmp_path, result, monkeypat
     monkeypatch.undo()
     assert _snapshot(path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"], "no staging dir or part file left"
-    io.load(path)  # still loads
+    io.load(path, trust_factory=True)  # still loads
 
 
 def test_save_replaces_previous_save(tmp_path, result):

@@ -18,6 +18,7 @@ import toy_models as T
 
 import fxprune
 from fxprune import FxPruneError, PlanMismatchError, PruningPlan
+from fxprune.file_errors import PlanFileError
 
 NAMES = ["residual", "concat_channels", "split_chunk", "depthwise", "grouped", "shuffle_view",
          "se_block", "mha", "qkv_attention", "resnet18"]
@@ -97,7 +98,7 @@ def test_hand_edited_plans_that_do_not_fit() -> None:
     for needle, bad in cases.items():
         with pytest.raises(PlanMismatchError, match=re.escape(needle)):
             fxprune.apply_plan(model, x, bad)
-    with pytest.raises(PlanMismatchError, match="fxprune plan"):
+    with pytest.raises(PlanFileError, match="fxprune plan"):
         PruningPlan.from_json(json.dumps({"removed": {}}))
 
 

@@ -150,8 +150,8 @@ def _write_text(path: Path, text: str) -> None:
 
 # ----------------------------------------------------------------------- reading
 def _bad_meta(file: Path, what: str) -> MetaFileError:
-    return MetaFileError(f"{file}: {what}; save the model again, or pass example_inputs= and "
-                         "model_factory= to load and fix meta.json by hand")
+    return MetaFileError(f"{file}: {what}; save the model again, or repair that field of "
+                         "meta.json by hand")
 
 
 def _is_int(v: Any) -> bool:

@@ -77,7 +77,8 @@ class PruningPlan:
         try:
             d = json.loads(s.decode("utf-8") if isinstance(s, (bytes, bytearray)) else s)
         except UnicodeDecodeError as e:
-            raise PlanFileError(f"{where} is not text (binary data at byte {e.start}); {fix}") from e
+            raise PlanFileError(f"{where} is not text (binary data at byte {e.start}); "
+                                f"{fix}") from e
         except ValueError as e:
             what = "is empty" if not str(s).strip() else f"is not valid JSON ({e})"
             raise PlanFileError(f"{where} {what}; it may be truncated: {fix}") from e

@@ -354,7 +354,8 @@ def clean_stale(path: PathLike) -> list[Path]:
         if _alive(pid):
             continue
         for f in d.iterdir():
-            if f.is_file() and not f.is_symlink() and (f.name in KNOWN_FILES or _PART.match(f.name)):
+            ours = f.name in KNOWN_FILES or _PART.match(f.name)
+            if ours and f.is_file() and not f.is_symlink():
                 f.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             d.rmdir()

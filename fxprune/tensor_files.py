@@ -149,7 +149,8 @@ def _read_legacy_pt(path: Path) -> dict[str, torch.Tensor]:
             f"{path} is not a readable weights file ({type(e).__name__}: {e}); it is empty, "
             "truncated, damaged or holds more than tensors: save the model again") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsFileError(f"{path} does not hold a state dict of tensors; save the model again")
+        raise WeightsFileError(f"{path} does not hold a state dict of tensors; "
+                               "save the model again")
     return state
 
 
@@ -215,4 +216,5 @@ def read_tree(path: PathLike) -> Any:
     try:
         return _decode(json.loads(tree), tensors)
     except (ValueError, KeyError, TypeError) as e:
-        raise WeightsFileError(f"{path}: its record is damaged ({e}); delete it to start over") from e
+        raise WeightsFileError(f"{path}: its record is damaged ({e}); "
+                               "delete it to start over") from e

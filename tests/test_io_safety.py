@@ -42,7 +42,7 @@ def _evil_package(root: Path, marker: Path) -> None:
     pkg.mkdir()
     code = f"open({str(marker)!r}, 'w').write('ran')\n"
     (pkg / "__init__.py").write_text(code)
-    (pkg / "models.py").write_text(code + "def make():\n    " + code.strip() + "\n    return None\n")
+    (pkg / "models.py").write_text(f"{code}def make():\n    {code.strip()}\n    return None\n")
 
 
 def _specs(d: Path, marker: Path) -> dict[str, str]:

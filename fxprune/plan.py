@@ -75,13 +75,17 @@ class PruningPlan:
         where = source or "the plan JSON"
         fix = "restore it, or write it again with PruningPlan.to_json()"
         try:
-            d = json.loads(s.decode("utf-8") if isinstance(s, (bytes, bytearray)) else s)
+            text = s.decode("utf-8") if isinstance(s, (bytes, bytearray)) else s
         except UnicodeDecodeError as e:
             raise PlanFileError(f"{where} is not text (binary data at byte {e.start}); "
                                 f"{fix}") from e
+        if not text.strip():
+            raise PlanFileError(f"{where} is empty; {fix}")
+        try:
+            d = json.loads(text)
         except ValueError as e:
-            what = "is empty" if not str(s).strip() else f"is not valid JSON ({e})"
-            raise PlanFileError(f"{where} {what}; it may be truncated: {fix}") from e
+            raise PlanFileError(f"{where} is not valid JSON ({e}); it may be truncated: "
+                                f"{fix}") from e
         if not isinstance(d, dict) or d.get("format") != "fxprune.plan":
             raise PlanFileError(f"{where} is not an fxprune plan (missing format: fxprune.plan); "
                                 f"{fix}")

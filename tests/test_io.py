@@ -177,8 +177,9 @@ def test_flipped_bit_is_a_checksum_error_naming_the_file(saved, name):
     data = bytearray((saved / name).read_bytes())
     data[len(data) // 2] ^= 0x01
     _rewrite(saved, name, bytes(data), rehash=False)
-    with pytest.raises(ChecksumError, match=rf"{name}.*sha256"):
+    with pytest.raises(ChecksumError, match="sha256") as e:
         io.load(saved, tiny)
+    assert str(e.value).startswith(f"{saved / name} is damaged")
 
 
 def _plan_cases(saved):
@@ -201,9 +202,10 @@ def _plan_cases(saved):
 def test_bad_plan_json(saved, case):
     data, msg = _plan_cases(saved)[case]
     _rewrite(saved, "plan.json", data)
-    with pytest.raises(PlanFileError, match=msg) as e:
+    with pytest.raises(PlanFileError) as e:
         io.load(saved, tiny)
-    assert str(saved / "plan.json") in str(e.value) and "restore it" in str(e.value)
+    where, _, what = str(e.value).partition(str(saved / "plan.json"))
+    assert where == "" and msg in what and "restore it" in what, str(e.value)
 
 
 @pytest.mark.parametrize("changes, msg", [
@@ -216,9 +218,10 @@ def test_bad_plan_json(saved, case):
 ])
 def test_bad_meta_json(saved, changes, msg):
     _rewrite(saved, "meta.json", _meta_with(saved, **changes))
-    with pytest.raises(MetaFileError, match=msg) as e:
+    with pytest.raises(MetaFileError) as e:
         io.load(saved, tiny)
-    assert "meta.json" in str(e.value)
+    _, _, what = str(e.value).partition(str(saved / "meta.json"))
+    assert msg in what, str(e.value)
 
 
 def test_meta_json_not_json(saved):

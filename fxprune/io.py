@@ -57,6 +57,7 @@ from torch import nn
 from .errors import FxPruneError, PlanMismatchError
 from .file_errors import MetaFileError, UntrustedFactoryError
 from .savedir import (
+    KNOWN_FILES,
     MANIFEST,
     atomic_dir,
     atomic_path,
@@ -136,6 +137,10 @@ def save(path: PathLike, result: Any, *, onnx: bool = False, pt2: bool = False,
 
             to_pt2(module, inputs, stage / "model.pt2")
         files += sorted(p.name for p in stage.iterdir() if p.name not in files)
+        unknown = [n for n in files if n not in KNOWN_FILES]
+        if unknown:  # the manifest may only list names a later save knows it may delete
+            raise FxPruneError(f"saving {path}: an export wrote {unknown}, which fxprune does not "
+                               "know as a save file (an fxprune bug: please report it)")
         _write_text(stage / "meta.json", json.dumps(
             _meta(result, inputs, factory, files + [MANIFEST]), indent=2) + "\n")
         write_manifest(stage, files)

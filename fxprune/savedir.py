@@ -263,7 +263,11 @@ def _swap_in(stage: Path, path: Path, owned: set[str]) -> None:
         return
     old = path.with_name(f"{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.rename(path, old)  # a kill after this leaves DIR.old-*; recover() puts it back
-    os.rename(stage, path)
+    try:
+        os.rename(stage, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
     _fsync_dir(path.parent)
     _remove_owned(old, owned)
 

@@ -28,12 +28,14 @@ from .analysis import analyze  # noqa: E402
 from .api import PruneResult, apply_plan, dead_channel_plan, prune  # noqa: E402
 from .channel_graph import ChannelGraph, FrozenGroup, Group  # noqa: E402
 from .count import Counts, count  # noqa: E402
+from .io import load, save  # noqa: E402
 from .plan import PruningPlan  # noqa: E402
 from .trace import trace  # noqa: E402
 from .verify import verify  # noqa: E402
 
 __all__ = [
     "analyze", "apply_plan", "count", "dead_channel_plan", "prune", "trace", "verify",
+    "load", "save",
     "ChannelGraph", "Counts", "FrozenGroup", "Group", "PruneResult", "PruningPlan",
     "FxPruneError",
     "PlanMismatchError",

@@ -81,6 +81,9 @@ def _positive(s: str) -> int:
 
 # ----------------------------------------------------------------------- models
 def _is_saved(spec: str) -> bool:
+    from . import io
+
+    io.recover(spec)  # a save killed between the two renames of its swap
     return (Path(spec) / "meta.json").is_file()
 
 
@@ -91,16 +94,18 @@ def _default_shape(spec: str) -> tuple[int, ...]:
     return (1, 3, 224, 224)
 
 
-def _load(spec: str, shape: tuple[int, ...] | None) -> tuple[torch.nn.Module, tuple, Any, str]:
-    """(original model, example inputs, PruneResult or None, factory spec)."""
+def _load(spec: str, shape: tuple[int, ...] | None,
+          trust_factory: bool = False) -> tuple[torch.nn.Module, tuple, Any, str]:
+    """(original model, example inputs, PruneResult or None, factory spec).
+    A saved directory's factory must be a registry model unless ``trust_factory``."""
     from . import io
 
     if _is_saved(spec):
         meta = io.read_meta(spec)
-        res = io.load(spec)
-        factory = meta.get("model_factory") or ""
+        build = io.saved_factory(spec, trust_factory=trust_factory, meta=meta)
+        res = io.load(spec, build)
         x = tuple(torch.randn(s) for s in meta["input_shapes"])
-        return resolve_factory(factory)().eval(), x, res, factory
+        return build().eval(), x, res, meta.get("model_factory") or ""
     if Path(spec).is_dir():
         raise UsageError(f"{spec} is a directory but not an fxprune save (no meta.json)")
     try:
@@ -137,7 +142,7 @@ def _counts_table(rows: Sequence[tuple[str, Any]], title: str) -> Table:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import fxprune
 
-    model, x, res, spec = _load(args.model, args.input_shape)
+    model, x, res, spec = _load(args.model, args.input_shape, args.trust_factory)
     target = res.module if res is not None else model
     ignore = _resolve_ignore(target, args.ignore)
     with err.status(f"analysing {escape(spec)}…"):
@@ -214,7 +219,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     from . import io
 
-    model, x, _, spec = _load(args.model, args.input_shape)
+    model, x, _, spec = _load(args.model, args.input_shape, args.trust_factory)
     kw = dict(criterion=args.criterion, ignore=_resolve_ignore(model, args.ignore),
               global_ranking=args.global_ranking, round_to=args.round_to,
               calibration=_calibration(args.calibration, x), **dict(args.option))
@@ -241,7 +246,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for b in backends:
         if b not in bench.BACKENDS:
             raise UsageError(f"--backend {b}: unknown; choose from {', '.join(bench.BACKENDS)}")
-    model, x, res, spec = _load(args.model, args.input_shape)
+    model, x, res, spec = _load(args.model, args.input_shape, args.trust_factory)
     opts = dict(batch_sizes=args.batch, warmup=args.warmup, repeats=args.repeats,
                 threads=args.threads)
     with err.status(f"timing {escape(spec)} on {', '.join(backends)}…"):
@@ -276,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "package.module:factory, or a saved directory")
     model.add_argument("--input-shape", type=_shape, metavar="N,C,H,W",
                        help="example input shape (default 1,3,224,224; 32x32 for cifar:)")
+    model.add_argument("--trust-factory", action="store_true",
+                       help="let a saved directory's meta.json name a package.module:factory "
+                            "(imports and runs it; only for directories you trust)")
     p = _Parser(prog="fxprune", description="Structured pruning as a torch.fx compiler pass.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -1,38 +1,53 @@
-"""Save and load pruned models without pickling classes.
+"""Save and load pruned models: no pickle, no code named by a file, nothing of the user's lost.
 
-    fxprune.io.save("out/r18", res, example_inputs=(x,), factory="resnet18", onnx=True)
-    res = fxprune.io.load("out/r18")                # factory from meta.json
-    res = fxprune.io.load("out/r18", lambda: torchvision.models.resnet18())
+    fxprune.save("out/r18", res, example_inputs=(x,), factory="resnet18", onnx=True)
+    res = fxprune.load("out/r18")                      # factory from meta.json
+    res = fxprune.load("out/r18", lambda: torchvision.models.resnet18())
 
-A saved model is a directory:
+A saved model is a directory (format ``fxprune-save/2``):
 
 | file | what |
 | --- | --- |
 | ``plan.json`` | the ``PruningPlan`` (which units of which group were removed) |
-| ``state_dict.pt`` | the pruned weights, tensors only (``torch.load(weights_only=True)``) |
-| ``meta.json`` | fxprune and torch versions, model factory spec, input shapes, counts |
+| ``model.safetensors`` | the pruned weights (safetensors: no pickle; tied tensors stored once) |
+| ``meta.json`` | fxprune and torch versions, model factory spec, input shapes and dtypes, counts |
 | ``model.onnx`` / ``model.pt2`` | optional deployment artefacts |
+| ``manifest.json`` | every file above with its size and sha256; written last |
 
 Loading replays the plan on a fresh model from the factory (``fxprune.apply_plan``)
-and loads the weights strictly, so no class is ever unpickled. Every file is written
-to a temporary file, fsynced and renamed into place, and the directory as a whole is
-staged as ``DIR.tmp-XXXX`` and swapped in only when complete: a crash or an exception
-mid-save leaves any previous save at ``DIR`` intact and no partial file behind.
+and loads the weights strictly, so no class is ever unpickled. Saves of the first
+format (``state_dict.pt``, no manifest) still load, with ``torch.load(weights_only=True)``.
+
+**Checksums.** ``load`` checks every file against the manifest first and raises
+``ChecksumError`` naming the file that differs. A damaged, truncated or empty
+``plan.json``, ``meta.json`` or weights file raises ``PlanFileError``,
+``MetaFileError`` or ``WeightsFileError`` (all ``CorruptFileError``, in
+:mod:`fxprune.file_errors`), naming the file and the fix.
+
+**Trust.** ``load`` never imports or calls anything a file names. The model factory
+read from ``meta.json`` may only be a registry model by name with literal keyword
+arguments: a torchvision name (``resnet18``), ``timm:NAME`` or ``cifar:NAME``
+(:func:`fxprune.specs.registry_factory`); any other spec (``pkg.mod:fn``,
+``os:system``, ``torch.hub:load``) raises ``UntrustedFactoryError``. Pass
+``model_factory=`` yourself (a callable, or a spec string, which is yours and may
+import), or ``trust_factory=True`` for a directory you trust.
+
+**Writing.** Every file is written to a temporary file, fsynced and renamed into
+place; the directory is staged whole and swapped in by :func:`fxprune.savedir.atomic_dir`,
+which replaces only an fxprune save (its files exactly the manifest's, unchanged),
+refuses a directory holding anything else (``NotASaveError``,
+``UnexpectedFilesError`` listing the files: they are never deleted nor carried
+over), follows a symlinked ``DIR`` (the link's target is replaced, the link kept),
+swaps atomically (``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames,
+recovered on the next save or load), and cleans staging directories a killed save
+left behind.
 """
 from __future__ import annotations
 
-import ast
-import contextlib
-import difflib
-import functools
-import importlib
 import json
+import math
 import os
-import re
-import shutil
-import tempfile
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,167 +55,30 @@ import torch
 from torch import nn
 
 from .errors import FxPruneError, PlanMismatchError
+from .file_errors import MetaFileError, UntrustedFactoryError
+from .savedir import (
+    KNOWN_FILES,
+    MANIFEST,
+    atomic_dir,
+    atomic_path,
+    check_files,
+    read_manifest,
+    recover,
+    write_manifest,
+)
+from .specs import SpecError, registry_factory, resolve_factory
+from .tensor_files import read_state_dict, write_state_dict
 
-__all__ = ["FORMAT", "SpecError", "atomic_dir", "atomic_path", "load", "read_meta",
-           "resolve_factory", "save"]
+__all__ = ["FORMAT", "SpecError", "UntrustedFactoryError", "atomic_dir", "atomic_path", "load",
+           "read_meta", "resolve_factory", "save", "saved_factory"]
 
-FORMAT = "fxprune-save/1"
+FORMAT = "fxprune-save/2"
+_FORMATS = ("fxprune-save/1", FORMAT)
+WEIGHTS = "model.safetensors"
 PathLike = str | os.PathLike
-
-
-class SpecError(FxPruneError, ValueError):
-    """A model spec string names no model fxprune can build."""
-
-
-_SPEC = re.compile(r"^\s*(?P<head>[^()\s]+)\s*(?:\((?P<args>.*)\))?\s*$", re.S)
-
-
-def _spec_kwargs(spec: str, args: str | None) -> dict[str, Any]:
-    if not args or not args.strip():
-        return {}
-    try:
-        call = ast.parse(f"f({args})", mode="eval").body
-        assert isinstance(call, ast.Call) and not call.args
-        return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
-    except (SyntaxError, ValueError, AssertionError) as e:
-        raise SpecError(f"model spec {spec!r}: arguments must be keyword=literal, "
-                        f"e.g. 'resnet18(num_classes=10)'") from e
-
-
-def _torchvision_factory(name: str) -> Callable[..., nn.Module]:
-    import torchvision
-
-    names = torchvision.models.list_models()
-    if name not in names:
-        near = difflib.get_close_matches(name, names, n=3)
-        raise SpecError(f"unknown torchvision model {name!r}"
-                        + (f"; did you mean {', '.join(near)}?" if near else "")
-                        + " (other forms: timm:NAME, cifar:NAME, package.module:factory)")
-    return functools.partial(torchvision.models.get_model, name, weights=None)
-
-
-def _prefixed_factory(prefix: str, name: str) -> Callable[..., nn.Module]:
-    if prefix in ("torchvision", "tv"):
-        return _torchvision_factory(name)
-    if prefix == "timm":
-        try:
-            import timm
-        except ImportError as e:
-            raise SpecError("timm:... models need timm: pip install timm") from e
-        return functools.partial(timm.create_model, name, pretrained=False)
-    if prefix == "cifar":
-        from fxprune import models
-
-        if name not in models.list_models():
-            raise SpecError(f"unknown cifar model {name!r}; known: {models.list_models()}")
-        return functools.partial(models.get_model, name)
-    try:
-        obj: Any = importlib.import_module(prefix)
-        for part in name.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise SpecError(f"cannot import {prefix}:{name}: {e}") from e
-    if not callable(obj):
-        raise SpecError(f"{prefix}:{name} is not callable")
-    return obj
-
-
-def resolve_factory(spec: str) -> Callable[[], nn.Module]:
-    """A zero-argument factory for a model spec string.
-
-    ``resnet18`` (torchvision, no weights), ``timm:resnet18``, ``cifar:resnet56``
-    (``fxprune.models``), ``package.module:factory``; any of them may end with keyword
-    arguments, e.g. ``cifar:resnet20(num_classes=10, in_channels=1)``.
-    """
-    m = _SPEC.match(spec)
-    if not m:
-        raise SpecError(f"cannot parse model spec {spec!r}")
-    head, kwargs = m["head"], _spec_kwargs(spec, m["args"])
-    if ":" in head:
-        prefix, name = head.split(":", 1)
-        fn = _prefixed_factory(prefix, name)
-    else:
-        fn = _torchvision_factory(head)
-    return functools.partial(fn, **kwargs)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: PathLike, suffixes: Sequence[str] = ("",)) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write to; on success fsync it and
-    ``os.replace`` it onto ``path`` (and ``tmp + sfx`` onto ``path + sfx`` for each
-    sidecar suffix); on any exception remove the temporary files and re-raise."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}",
-                               dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        for sfx in suffixes:
-            src = Path(str(tmp_path) + sfx)
-            if not src.exists():
-                continue
-            with open(src, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.chmod(src, 0o666 & ~_umask())  # mkstemp creates 0600
-            os.replace(src, str(path) + sfx)
-        _fsync_dir(path.parent)
-    finally:
-        for sfx in suffixes:
-            Path(str(tmp_path) + sfx).unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-
-
-def _is_save_dir(path: Path) -> bool:
-    return (path / "meta.json").is_file() or (path / "plan.json").is_file()
-
-
-@contextlib.contextmanager
-def atomic_dir(path: PathLike) -> Iterator[Path]:
-    """Yield a staging directory ``path.tmp-XXXX``; on success swap it in for ``path``
-    (the previous ``path`` is removed only after the new one is in place); on any
-    exception remove the staging directory and leave ``path`` untouched."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FxPruneError(f"{path} exists and is not a directory; choose another --out")
-    if path.is_dir() and any(path.iterdir()) and not _is_save_dir(path):
-        raise FxPruneError(f"{path} is a non-empty directory that is not an fxprune save; "
-                           "refusing to overwrite it (choose another --out or remove it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent))
-    try:
-        yield staging
-        _fsync_dir(staging)
-        old = path.with_name(f"{path.name}.old-{uuid.uuid4().hex[:8]}")
-        if path.exists():
-            os.rename(path, old)
-        os.rename(staging, path)
-        _fsync_dir(path.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
+           "uint8", "bool", "complex64")
+_MAX_ELEMENTS = 1 << 30  # example inputs rebuilt from meta.json: refuse absurd sizes
 
 
 def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
@@ -235,43 +113,106 @@ def save(path: PathLike, result: Any, *, onnx: bool = False, pt2: bool = False,
     """Write ``result`` (a ``PruneResult``: ``.module`` and ``.plan``) to directory ``path``.
 
     ``factory`` is the model spec ``load`` rebuilds the unpruned model from
-    (e.g. ``"resnet18"``, ``"cifar:resnet20(in_channels=1)"``, ``"pkg.mod:fn"``).
+    (e.g. ``"resnet18"``, ``"cifar:resnet20(in_channels=1)"``; a ``"pkg.mod:fn"`` spec
+    is recorded too, but loading it then needs ``trust_factory=True``).
     ``onnx``/``pt2`` also export the module, which needs ``example_inputs``.
+    ``path`` must be absent, empty or an earlier fxprune save holding nothing else
+    (see the module docstring); a symlink is followed.
     """
     inputs = _as_tuple(example_inputs)
     if (onnx or pt2) and not inputs:
         raise ValueError("save(onnx=True or pt2=True) needs example_inputs")
     module: nn.Module = result.module
-    files = ["plan.json", "state_dict.pt", "meta.json"]
+    files = ["plan.json", WEIGHTS, "meta.json"]
     with atomic_dir(path) as stage:
         _write_text(stage / "plan.json", result.plan.to_json(indent=2) + "\n")
-        with atomic_path(stage / "state_dict.pt") as tmp:
-            torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
+        with atomic_path(stage / WEIGHTS) as tmp:
+            write_state_dict(tmp, module.state_dict())
         if onnx:
             from .export import to_onnx
 
             to_onnx(module, inputs, stage / "model.onnx")
-            files.append("model.onnx")
         if pt2:
             from .export import to_pt2
 
             to_pt2(module, inputs, stage / "model.pt2")
-            files.append("model.pt2")
-        _write_text(stage / "meta.json",
-                    json.dumps(_meta(result, inputs, factory, files), indent=2) + "\n")
+        files += sorted(p.name for p in stage.iterdir() if p.name not in files)
+        unknown = [n for n in files if n not in KNOWN_FILES]
+        if unknown:  # the manifest may only list names a later save knows it may delete
+            raise FxPruneError(f"saving {path}: an export wrote {unknown}, which fxprune does not "
+                               "know as a save file (an fxprune bug: please report it)")
+        _write_text(stage / "meta.json", json.dumps(
+            _meta(result, inputs, factory, files + [MANIFEST]), indent=2) + "\n")
+        write_manifest(stage, files)
     return Path(path)
 
 
-def read_meta(path: PathLike) -> dict[str, Any]:
-    """The ``meta.json`` of a saved model directory."""
-    path = Path(path)
-    if not (path / "meta.json").is_file():
-        raise FxPruneError(f"{path} is not an fxprune save: no meta.json")
-    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise FxPruneError(f"{path}/meta.json has format {meta.get('format')!r}, "
-                           f"this fxprune reads {FORMAT!r}")
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+
+
+# ----------------------------------------------------------------------- reading
+def _bad_meta(file: Path, what: str) -> MetaFileError:
+    return MetaFileError(f"{file}: {what}; save the model again, or repair that field of "
+                         "meta.json by hand")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_meta(meta: Any, file: Path) -> dict[str, Any]:
+    if not isinstance(meta, dict):
+        raise _bad_meta(file, "is not a JSON object")
+    if meta.get("format") not in _FORMATS:
+        raise MetaFileError(f"{file} has format {meta.get('format')!r}; this fxprune reads "
+                            f"{', '.join(_FORMATS)} (upgrade fxprune, or save the model again)")
+    shapes, dtypes = meta.get("input_shapes"), meta.get("input_dtypes")
+    if not isinstance(shapes, list) or not all(isinstance(s, list) for s in shapes):
+        raise _bad_meta(file, "has no input_shapes list (e.g. [[1, 3, 224, 224]])")
+    for i, s in enumerate(shapes):
+        if not all(_is_int(d) and d >= 1 for d in s):
+            raise _bad_meta(file, f"input_shapes[{i}] = {s} is not a list of positive ints")
+        if math.prod(s) > _MAX_ELEMENTS:
+            raise _bad_meta(file, f"input_shapes[{i}] = {s} has more than {_MAX_ELEMENTS} "
+                            "elements")
+    if not isinstance(dtypes, list) or len(dtypes) != len(shapes):
+        raise _bad_meta(file, f"input_dtypes must list one dtype per input ({len(shapes)})")
+    for i, d in enumerate(dtypes):
+        if d not in _DTYPES:
+            raise _bad_meta(file, f"input_dtypes[{i}] = {d!r} is not a dtype fxprune knows "
+                            f"({', '.join(_DTYPES)})")
+    spec = meta.get("model_factory")
+    if spec is not None and not isinstance(spec, str):
+        raise _bad_meta(file, f"model_factory = {spec!r} is not a string")
     return meta
+
+
+def _meta_file(path: Path) -> Path:
+    file = path / "meta.json"
+    if not path.is_dir():
+        raise MetaFileError(f"{path} is not a directory: not an fxprune save")
+    if not file.is_file():
+        raise MetaFileError(f"{path} is not an fxprune save: no meta.json")
+    return file
+
+
+def read_meta(path: PathLike) -> dict[str, Any]:
+    """The ``meta.json`` of a saved model directory, checked against its manifest and
+    validated (``MetaFileError`` / ``ChecksumError`` naming the file otherwise)."""
+    path = Path(path)
+    recover(path)
+    file = _meta_file(path)
+    manifest = read_manifest(path)
+    if manifest is not None:
+        check_files(path, {k: v for k, v in manifest.items() if k == "meta.json"})
+    try:
+        meta = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise _bad_meta(file, f"is not valid JSON ({e})") from e
+    return _check_meta(meta, file)
 
 
 def _inputs_from_meta(meta: dict[str, Any]) -> tuple[torch.Tensor, ...]:
@@ -280,39 +221,70 @@ def _inputs_from_meta(meta: dict[str, Any]) -> tuple[torch.Tensor, ...]:
                  for s, d in zip(meta["input_shapes"], meta["input_dtypes"]))
 
 
-def load(path: PathLike, model_factory: Callable[[], nn.Module] | str | None = None,
-         example_inputs: Any = None) -> Any:
-    """Rebuild a saved pruned model: replay ``plan.json`` on a fresh ``model_factory()``
-    model with ``fxprune.apply_plan``, then load ``state_dict.pt`` strictly.
+def saved_factory(path: PathLike, *, trust_factory: bool = False,
+                  meta: dict[str, Any] | None = None) -> Callable[[], nn.Module]:
+    """The zero-argument model factory the save at ``path`` names in its meta.json: a
+    registry model only, unless ``trust_factory`` (then any spec, imports included)."""
+    path = Path(path)
+    meta = meta if meta is not None else read_meta(path)
+    spec = meta.get("model_factory")
+    if not spec:
+        raise FxPruneError(f"{path / 'meta.json'} names no model factory; pass model_factory "
+                           "(a callable that builds the unpruned model)")
+    if trust_factory:
+        return resolve_factory(spec)
+    return registry_factory(spec, source=str(path / "meta.json"))
 
-    ``model_factory`` is a callable, a model spec string, or None for the spec in
-    meta.json; ``example_inputs`` default to random tensors of the saved shapes.
+
+def _weights_file(path: Path) -> Path:
+    """Check the directory whole (manifest, checksums) and name its weights file."""
+    manifest = read_manifest(path)
+    if manifest is not None:
+        check_files(path, manifest)
+        names = (WEIGHTS, "plan.json", "meta.json")
+    else:  # the first format: no manifest, a tensors-only torch.save file
+        names = ("state_dict.pt", "plan.json")
+    for name in names:
+        if not (path / name).is_file() or (manifest is not None and name not in manifest):
+            raise MetaFileError(f"{path} is incomplete: {name} is missing; save the model again")
+    return path / names[0]
+
+
+def load(path: PathLike, model_factory: Callable[[], nn.Module] | str | None = None,
+         example_inputs: Any = None, *, trust_factory: bool = False) -> Any:
+    """Rebuild a saved pruned model: replay ``plan.json`` on a fresh ``model_factory()``
+    model with ``fxprune.apply_plan``, then load the weights strictly.
+
+    ``model_factory`` is a callable or a model spec string of your own (it may import),
+    or None for the spec in meta.json, which must be a registry model
+    (``UntrustedFactoryError`` otherwise) unless ``trust_factory=True``.
+    ``example_inputs`` default to random tensors of the saved shapes and dtypes.
     Returns the ``PruneResult`` (``.module`` is the pruned GraphModule, in eval mode).
-    Raises ``PlanMismatchError`` if the model is not the one the plan was made for.
+    Raises ``ChecksumError`` / ``CorruptFileError`` naming a damaged file, and
+    ``PlanMismatchError`` if the model is not the one the plan was made for.
     """
     import fxprune
 
     path = Path(path)
+    recover(path)
+    _meta_file(path)
+    weights = _weights_file(path)
     meta = read_meta(path)
-    for name in ("plan.json", "state_dict.pt"):
-        if not (path / name).is_file():
-            raise FxPruneError(f"{path} is incomplete: {name} is missing")
     if model_factory is None:
-        if not meta.get("model_factory"):
-            raise FxPruneError(f"{path}/meta.json names no model factory; pass model_factory")
-        model_factory = meta["model_factory"]
-    if isinstance(model_factory, str):
+        model_factory = saved_factory(path, trust_factory=trust_factory, meta=meta)
+    elif isinstance(model_factory, str):
         model_factory = resolve_factory(model_factory)
     inputs = _as_tuple(example_inputs) or _inputs_from_meta(meta)
-    plan = fxprune.PruningPlan.from_json((path / "plan.json").read_text(encoding="utf-8"))
+    plan_file = path / "plan.json"
+    plan = fxprune.PruningPlan.from_json(plan_file.read_bytes(), source=str(plan_file))
     model = model_factory().eval()
     result = fxprune.apply_plan(model, inputs, plan)
-    state = torch.load(path / "state_dict.pt", map_location="cpu", weights_only=True)
+    state = read_state_dict(weights)
     try:
         result.module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise PlanMismatchError(f"the weights in {path}/state_dict.pt do not fit the model "
+        raise PlanMismatchError(f"the weights in {weights} do not fit the model "
                                 f"rebuilt from the plan: {first[1] if len(first) > 1 else e}"
                                 ) from e
     result.module.eval()

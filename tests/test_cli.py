@@ -41,13 +41,13 @@ def pruned_dir(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 def test_prune_writes_plan_weights_onnx_and_prints_counts(pruned_dir):
     out, p = pruned_dir
-    assert {f.name for f in out.iterdir()} == {"plan.json", "state_dict.pt", "meta.json",
-                                               "model.onnx"}
+    assert {f.name for f in out.iterdir()} == {"plan.json", "model.safetensors", "meta.json",
+                                               "model.onnx", "manifest.json"}
     assert "original" in p.stdout and "pruned" in p.stdout and "MACs" in p.stdout
     assert "verified" in p.stderr
     meta = io.read_meta(out)
     assert meta["model_factory"] == "tiny_models:tiny" and meta["input_shapes"] == [[1, 3, 16, 16]]
-    res = io.load(out)  # replays the plan on tiny_models.tiny()
+    res = io.load(out, trust_factory=True)  # replays the plan on tiny_models.tiny()
     assert sum(p.numel() for p in res.module.parameters()) == meta["params"]
     assert json.loads((out / "plan.json").read_text())["settings"]["ratio"] == 0.5
 
@@ -55,7 +55,8 @@ def test_prune_writes_plan_weights_onnx_and_prints_counts(pruned_dir):
 def test_bench_saved_dir_reports_speedup(pruned_dir, tmp_path):
     out, _ = pruned_dir
     js = tmp_path / "bench.json"
-    p = _run_and_check("bench", str(out), "--backend", "torch-cpu", "--batch", "1", "2",
+    p = _run_and_check("bench", str(out), "--trust-factory", "--backend", "torch-cpu",
+                       "--batch", "1", "2",
                        "--warmup", "1", "--repeats", "3", "--json", str(js))
     assert "speed-up" in p.stdout and "torch-cpu" in p.stdout
     rows = json.loads(js.read_text())["rows"]
@@ -123,7 +124,7 @@ def test_target_macs(tmp_path, capsys):
     x = (torch.randn(1, 3, 16, 16),)
     import fxprune
 
-    res = io.load(out)
+    res = io.load(out, trust_factory=True)
     base = fxprune.count(io.resolve_factory("tiny_models:tiny")(), x).macs
     assert fxprune.count(res.module, x).macs <= 0.52 * base
 

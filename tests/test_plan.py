@@ -18,6 +18,7 @@ import toy_models as T
 
 import fxprune
 from fxprune import FxPruneError, PlanMismatchError, PruningPlan
+from fxprune.file_errors import InvalidPlanError, PlanFileError
 
 NAMES = ["residual", "concat_channels", "split_chunk", "depthwise", "grouped", "shuffle_view",
          "se_block", "mha", "qkv_attention", "resnet18"]
@@ -97,7 +98,7 @@ def test_hand_edited_plans_that_do_not_fit() -> None:
     for needle, bad in cases.items():
         with pytest.raises(PlanMismatchError, match=re.escape(needle)):
             fxprune.apply_plan(model, x, bad)
-    with pytest.raises(PlanMismatchError, match="fxprune plan"):
+    with pytest.raises(PlanFileError, match="fxprune plan"):
         PruningPlan.from_json(json.dumps({"removed": {}}))
 
 
@@ -113,3 +114,52 @@ def test_plan_that_empties_a_concat_branch_is_rejected() -> None:
         return
     # or fixed by keeping a channel: the module must run and match the oracle for its plan
     assert fxprune.verify(model, res, x) <= 1e-5
+
+
+@pytest.mark.parametrize("units, msg", [
+    ([32] * 32, "unit 32 more than once"),
+    ("0123", "must be a list of unit indices"),
+    ([True], "True .bool.: unit indices must be integers"),
+    ([32.7], "32.7 .float.: unit indices must be integers"),
+    (["3"], "'3' .str."),
+    ([-1], "negative index -1"),
+    (7, "must be a list"),
+])
+def test_bad_unit_lists_are_rejected_at_construction(units, msg) -> None:
+    with pytest.raises(InvalidPlanError, match=msg) as e:
+        PruningPlan(removed={"conv2.weight:0": units}, group_sizes={"conv2.weight:0": 64})
+    assert "conv2.weight:0" in str(e.value)
+    text = json.dumps({"format": "fxprune.plan", "removed": {"conv2.weight:0": units},
+                       "group_sizes": {"conv2.weight:0": 64}})
+    with pytest.raises(PlanFileError, match=msg):  # and when parsing a file
+        PruningPlan.from_json(text, source="my/plan.json")
+
+
+@pytest.mark.parametrize("changes, msg", [
+    ({"removed_blocks": "layer1.0"}, "removed_blocks = 'layer1.0' must be a list"),
+    ({"group_sizes": {"g": 0}}, "group_sizes.'g'. = 0"),
+    ({"group_sizes": {"g": True}}, "positive integer"),
+    ({"version": "abc"}, "version must be a positive integer"),
+    ({"removed": [1, 2]}, "must map group ids"),
+])
+def test_bad_plan_fields_are_rejected(changes, msg) -> None:
+    kw = dict(removed={}, group_sizes={"g": 4}) | changes
+    with pytest.raises(InvalidPlanError, match=msg):
+        PruningPlan(**kw)
+
+
+def test_unit_lists_are_normalised() -> None:
+    import numpy as np
+
+    plan = PruningPlan(removed={"g": [3, np.int64(1), 2]}, group_sizes={"g": 8})
+    assert plan.removed == {"g": (1, 2, 3)} and type(plan.removed["g"][0]) is int
+    assert PruningPlan.from_json(plan.to_json()) == plan
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("", "empty"), ('{"format": "fxprune.plan", "remo', "truncated"),
+    (b"\x89PNG\xff\x00", "not text"), ("[1, 2]", "not an fxprune plan"),
+])
+def test_unreadable_plan_text_names_the_source(text, msg) -> None:
+    with pytest.raises(PlanFileError, match=rf"my/plan.json .*{msg}"):
+        PruningPlan.from_json(text, source="my/plan.json")

@@ -333,19 +333,44 @@ def _search_epoch(net: Supernet, opts, loaders, epoch: int, s: dict) -> dict:
             "argmax_macs": net.space.macs_of(*net.argmax()), "trace": trace}
 
 
+_CHECKPOINT = "tas_search.safetensors"  # tensors + JSON, checksummed (tensor_files.write_tree)
+
+
 def _checkpoint(out_dir, resume, net, opts) -> tuple[int, list[dict]]:
     if out_dir is None:
         return 0, []
-    path = Path(out_dir) / "tas_search.pt"
+    from fxprune.tensor_files import read_tree
+
+    pickled = Path(out_dir) / "tas_search.pt"
+    if pickled.exists():
+        raise FxPruneError(f"{pickled} is a pickled checkpoint of an older fxprune, which is "
+                           "no longer unpickled (a pickle can run code): "
+                           "delete it to start the search over, or choose another out_dir")
+    path = Path(out_dir) / _CHECKPOINT
     if not path.exists():
         return 0, []
     if not resume:
         raise FxPruneError(f"{path} exists: pass resume=True to continue it, or another out_dir")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    net.load_state_dict(ck["net"])
-    for opt, state in zip(opts, ck["opts"]):
-        opt.load_state_dict(state)
-    return int(ck["epoch"]), list(ck["history"])
+    ck = read_tree(path)
+    try:
+        net.load_state_dict(ck["net"])
+        for opt, state in zip(opts, ck["opts"], strict=True):
+            opt.load_state_dict(state)
+        return int(ck["epoch"]), list(ck["history"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise FxPruneError(f"cannot resume from {path}: it does not fit this search ({e}); "
+                           "delete it to start over, or use the model and settings it was "
+                           "made with") from e
+
+
+def _save_checkpoint(out_dir, epoch: int, net, opts, history) -> None:
+    from fxprune.savedir import atomic_path
+    from fxprune.tensor_files import write_tree
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(out_dir) / _CHECKPOINT) as tmp:
+        write_tree(tmp, {"epoch": epoch, "net": dict(net.state_dict()), "history": history,
+                         "opts": [o.state_dict() for o in opts]})
 
 
 def search(model: nn.Module, example_inputs: Any, train_data: Dataset, *, target: float = 0.461,
@@ -361,8 +386,6 @@ def search(model: nn.Module, example_inputs: Any, train_data: Dataset, *, target
     """
     if not 0 < target <= 1:
         raise FxPruneError(f"target must be a fraction of the MACs in (0, 1], got {target!r}")
-    from fxprune.train.checkpoint import atomic_save
-
     torch.manual_seed(seed)
     space = build_space(model, example_inputs, depth=depth)
     net = Supernet(model, space, seed).to(device)
@@ -376,9 +399,7 @@ def search(model: nn.Module, example_inputs: Any, train_data: Dataset, *, target
     for epoch in range(start, epochs):
         history.append(_search_epoch(net, opts, loaders, epoch, s))
         if out_dir is not None:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            atomic_save({"epoch": epoch + 1, "net": net.state_dict(), "history": history,
-                         "opts": [o.state_dict() for o in opts]}, Path(out_dir) / "tas_search.pt")
+            _save_checkpoint(out_dir, epoch + 1, net, opts, history)
         if on_epoch_end is not None:
             on_epoch_end(history[-1])
     w_idx, d_idx = net.argmax()

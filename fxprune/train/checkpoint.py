@@ -13,6 +13,13 @@ Every file is written atomically: a temp file in the same directory, flushed and
 fsynced, then `os.replace`d over the target, so a kill leaves either the old or
 the new file, never a torn one. Everything is stored as tensors and plain
 Python values so it loads with `torch.load(weights_only=True)`.
+
+Checksums: `atomic_save` of a dict adds the key `"fxprune.sha256"`, the
+`tensor_files.tree_sha256` of the rest (dtypes, shapes, bytes, keys, values), inside
+the same file, so one rename keeps file and checksum together. `load_checkpoint`
+and `load_rewind_weights` recompute it and raise `ChecksumError` naming the file
+when a bit changed; a file unreadable as a checkpoint raises `WeightsFileError`.
+Files written before checksums (no such key) still load.
 """
 from __future__ import annotations
 
@@ -26,12 +33,15 @@ import numpy as np
 import torch
 
 from ..errors import FxPruneError
+from ..file_errors import ChecksumError, WeightsFileError
+from ..tensor_files import tree_sha256
 
 __all__ = [
     "CHECKPOINT_NAME",
     "atomic_save",
     "atomic_write_text",
     "load_checkpoint",
+    "load_verified",
     "weights_path",
     "save_rewind_weights",
     "load_rewind_weights",
@@ -41,6 +51,7 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKSUM_KEY = "fxprune.sha256"
 _WEIGHTS_RE = re.compile(r"epoch_(\d+)\.pt$")
 
 
@@ -71,8 +82,33 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """`torch.save(obj, path)`, atomically (temp file + fsync + os.replace)."""
+    """`torch.save(obj, path)`, atomically (temp file + fsync + os.replace); a dict gets
+    its checksum under `CHECKSUM_KEY`, checked by `load_verified`."""
+    if isinstance(obj, dict):
+        obj = {**{k: v for k, v in obj.items() if k != CHECKSUM_KEY},
+               CHECKSUM_KEY: tree_sha256({k: v for k, v in obj.items() if k != CHECKSUM_KEY})}
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def load_verified(path: str | Path, fix: str) -> Any:
+    """`torch.load(path, weights_only=True)`, its checksum checked and removed; errors name
+    `path` and say `fix`."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises zip, EOF and unpickling errors of many types
+        raise WeightsFileError(f"cannot read {path} ({type(e).__name__}: {e}): it is empty, "
+                               f"truncated, damaged or not an fxprune file. {fix}") from e
+    if isinstance(obj, dict) and CHECKSUM_KEY in obj:
+        want = obj.pop(CHECKSUM_KEY)
+        try:
+            got = tree_sha256(obj)
+        except TypeError as e:
+            raise WeightsFileError(f"{path} holds {e}. {fix}") from e
+        if got != want:
+            raise ChecksumError(f"{path} is damaged: its contents do not match the sha256 "
+                                f"recorded when it was written. {fix}")
+    return obj
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -85,13 +121,9 @@ def load_checkpoint(out_dir: str | Path) -> dict[str, Any] | None:
     path = Path(out_dir) / CHECKPOINT_NAME
     if not path.exists():
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn file cannot happen with atomic writes; anything else is
-        raise FxPruneError(  # a foreign or corrupted file the user should look at
-            f"cannot read checkpoint {path}: {e}. Delete it to start over, or point "
-            "out_dir at the right run."
-        ) from e
+    # a torn file cannot happen with atomic writes; anything else is a foreign or
+    # damaged file the user should look at
+    return load_verified(path, "Delete it to start over, or point out_dir at the right run.")
 
 
 def weights_path(out_dir: str | Path, epoch: int) -> Path:
@@ -122,7 +154,8 @@ def load_rewind_weights(out_dir: str | Path, epoch: int) -> dict[str, torch.Tens
             "Train the original with train_original(..., rewind_epochs=None) to keep every "
             "epoch, or rewind to one of the saved epochs."
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_verified(path, "Train the original again to rewrite it, or rewind to another "
+                               f"epoch (have {available_rewind_epochs(out_dir)}).")
 
 
 def get_rng_state() -> dict[str, Any]:

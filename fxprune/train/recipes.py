@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import FxPruneError
-from .checkpoint import atomic_save, load_rewind_weights
+from .checkpoint import load_rewind_weights
 from .config import TrainConfig, TrainResult
 from .loop import train
 
@@ -257,7 +257,8 @@ def remaining_fraction_schedule(per_round: float = 0.2, *, rounds: int) -> list[
     return [1.0 - (1.0 - per_round) ** k for k in range(1, rounds + 1)]
 
 
-_ROUND_RE = re.compile(r"round_(\d+)\.pt$")
+_ROUND_RE = re.compile(r"round_(\d+)\.safetensors$")
+_PICKLED_ROUND_RE = re.compile(r"round_(\d+)\.pt$")
 
 
 def iterative(model: nn.Module, prune_step: PruneStep, retrain_step: RetrainStep,
@@ -265,27 +266,76 @@ def iterative(model: nn.Module, prune_step: PruneStep, retrain_step: RetrainStep
               resume: bool = False) -> nn.Module:
     """Iterative pruning: `rounds` x (prune_step(model, r) -> retrain_step(model, r)).
 
-    Returns the final model. With `out_dir`, the whole module after each round is
-    saved (pickled, atomically) as `round_XX.pt`, and `resume=True` restarts after
-    the last saved round. Those files are loaded with `weights_only=False`: only
-    resume from directories fxprune wrote. To resume *inside* a round, give
-    retrain_step a per-round `cfg.out_dir` and `resume=True`.
+    Returns the final model. With `out_dir`, the weights after each round are saved
+    (tensors only, checksummed, atomically) as `round_XX.safetensors`, and
+    `resume=True` restarts after the last saved round. Nothing is unpickled: the
+    module of each saved round is rebuilt by replaying `prune_step` on the previous
+    round's module (the model passed in for round 0) and loading that round's
+    weights into it strictly, so `prune_step` must give the same architecture again
+    for the same weights (a deterministic criterion does); retraining is not
+    replayed. To resume *inside* a round, give retrain_step a per-round
+    `cfg.out_dir` and `resume=True`.
     """
     if not (isinstance(rounds, int) and rounds >= 1):
         raise FxPruneError(f"rounds={rounds!r} is invalid: expected an int >= 1.")
+    _refuse_pickled_rounds(out_dir)
     done = _saved_rounds(out_dir)
     if done and not resume:
         raise FxPruneError(f"{out_dir} already holds rounds {done}; pass resume=True to "
                            "continue, or choose another out_dir.")
+    if done and done != list(range(len(done))):
+        raise FxPruneError(f"{out_dir} holds rounds {done}, not 0..{done[-1]}: resuming rebuilds "
+                           "every round in turn; restore the missing files or start over.")
     current, start = model, 0
-    if done:
-        start = done[-1] + 1
-        current = torch.load(Path(out_dir) / f"round_{done[-1]:02d}.pt", weights_only=False)
+    for r in done:
+        current = _rebuild_round(prune_step, current, r, Path(out_dir))
+        start = r + 1
     for r in range(start, rounds):
         current = retrain_step(prune_step(current, r), r)
         if out_dir is not None:
-            atomic_save(current, Path(out_dir) / f"round_{r:02d}.pt")
+            _save_round(current, r, Path(out_dir))
     return current
+
+
+def _round_path(out_dir: Path, r: int) -> Path:
+    return out_dir / f"round_{r:02d}.safetensors"
+
+
+def _save_round(module: nn.Module, r: int, out_dir: Path) -> None:
+    from ..savedir import atomic_path
+    from ..tensor_files import write_tree
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(_round_path(out_dir, r)) as tmp:
+        write_tree(tmp, {"round": r, "state": dict(module.state_dict())})
+
+
+def _rebuild_round(prune_step: PruneStep, previous: nn.Module, r: int, out_dir: Path) -> nn.Module:
+    from ..tensor_files import read_tree
+
+    path = _round_path(out_dir, r)
+    saved = read_tree(path)
+    module = prune_step(previous, r)
+    try:
+        module.load_state_dict(saved["state"], strict=True)
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()
+        raise FxPruneError(
+            f"cannot resume from {path}: its weights do not fit the module prune_step(model, {r}) "
+            f"rebuilds ({first[1].strip() if len(first) > 1 else e}). Resuming replays "
+            "prune_step on the previous round's weights; make it deterministic, or start over "
+            "with another out_dir.") from e
+    return module
+
+
+def _refuse_pickled_rounds(out_dir: str | Path | None) -> None:
+    if out_dir is None or not Path(out_dir).is_dir():
+        return
+    old = sorted(p.name for p in Path(out_dir).iterdir() if _PICKLED_ROUND_RE.match(p.name))
+    if old:
+        raise FxPruneError(f"{out_dir} holds {old}, pickled modules written by an older fxprune; "
+                           "fxprune no longer unpickles (a pickle can run code). Delete them and "
+                           "start over, or choose another out_dir.")
 
 
 def _saved_rounds(out_dir: str | Path | None) -> list[int]:

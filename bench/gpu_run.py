@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="fraction of the budget by which the latency stage stops")
     p.add_argument("--compile-box", type=float, default=70.0,
                    help="seconds for the torch.compile child (dry run 25)")
+    p.add_argument("--train-min", type=float, default=None,
+                   help="seconds the compile stage always leaves to training (default 150; "
+                        "dry 10)")
     p.add_argument("--models", default=None, help="comma list (default the five models)")
     p.add_argument("--dtypes", default=None, help="comma list of fp16,fp32,bf16")
     p.add_argument("--epochs", type=int, default=None, help="fix E instead of planning it")
@@ -92,6 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.report is None and a.out is None:
         p.error("give an output folder (or set $OUT), or --report OUTDIR")
     a.budget = a.budget or (60.0 if a.dry_run else 450.0)
+    a.train_min = a.train_min if a.train_min is not None else (10.0 if a.dry_run else 150.0)
     a.reserve = a.reserve if a.reserve is not None else (3.0 if a.dry_run else 12.0)
     if a.dry_run and a.compile_box == p.get_default("compile_box"):
         a.compile_box = 25.0
@@ -194,7 +198,9 @@ def run(a: argparse.Namespace) -> int:
                lambda: run_latency(results, budget, ls, a.budget * a.latency_share, log))
     if "compile" in stages:
         _stage(results, budget, "compile",
-               lambda: run_compile(results, budget, ls, min(a.compile_box, end - budget.elapsed()),
+               lambda: run_compile(results, budget, ls,
+                                   min(a.compile_box, end - budget.elapsed()
+                                       - (a.train_min if "train" in stages else 0.0)),
                                    work, log))
     if "train" in stages:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

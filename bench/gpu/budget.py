@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Budget", "Results", "Watchdog"]
+__all__ = ["Budget", "Results", "Watchdog", "CHILD_GROUPS"]
+
+#: Process groups of running children (the compile worker lives in its own session, so
+#: neither ``timeout`` nor the device tool would end it): the watchdog kills them first.
+CHILD_GROUPS: set[int] = set()
 
 
 class Budget:
@@ -95,6 +100,11 @@ class Watchdog:
         self.timer.cancel()
 
     def _fire(self) -> None:
+        for pgid in list(CHILD_GROUPS):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
         try:
             # the lock is re-entrant for the main thread only: a save in progress there
             # finishes first (acquire waits), so the file is never half-written

@@ -34,6 +34,7 @@ from torch import nn
 from fxprune.bench import BatchStats, get_backend, time_runners, with_batch
 
 from . import zoo
+from .budget import CHILD_GROUPS
 from .env import ort_cuda_line, tensorrt_line
 
 __all__ = ["LatencySettings", "DTYPES", "run_latency", "run_compile", "measure_group"]
@@ -125,7 +126,7 @@ def measure_group(backend: str, mode: str, dtype: str, batch: int,
     finally:
         del runners
         be.close()
-        _release()
+        _release_after_error()
 
 
 def _groups(s: LatencySettings) -> list[tuple[str, str, int, str, int]]:
@@ -181,22 +182,28 @@ def run_latency(results, budget, s: LatencySettings, stop_at_s: float, log=print
 
 def _optional_backends(results, budget, s: LatencySettings, pruned: dict, stop_at_s: float,
                        log) -> None:
-    """ONNX Runtime CUDA (fp32) and TensorRT (fp16 allowed), original and r0.5, when present."""
+    """ONNX Runtime CUDA (fp32) and TensorRT (fp16 allowed), original and r0.5, when present.
+    In the dry run (``torch-cpu``) ONNX Runtime's CPU provider stands in for the CUDA one
+    on the first model at the smallest batch, so this path runs too."""
     doc = results.doc["latency"]
     lines = {"onnxruntime-cuda": ort_cuda_line(), "tensorrt": tensorrt_line()}
     doc["optional_backends"] = lines
-    present = {"onnxruntime-cuda": "with CUDAExecutionProvider" in lines["onnxruntime-cuda"],
-               "tensorrt": lines["tensorrt"].startswith("TensorRT ") and "not" not in
-               lines["tensorrt"]}
-    for backend, ok in present.items():
-        log(f"latency: {backend}: {lines[backend]}")
-        if not ok:
-            continue
-        for name, (x, variants) in pruned.items():
+    jobs: list[tuple[str, str, list, list]] = []  # (backend, dtype, models, batches)
+    if "with CUDAExecutionProvider" in lines["onnxruntime-cuda"]:
+        jobs.append(("onnxruntime-cuda", "fp32", list(pruned), s.batches))
+    if lines["tensorrt"].startswith("TensorRT ") and "not measured" not in lines["tensorrt"]:
+        jobs.append(("tensorrt", "fp16", list(pruned), s.batches))
+    if s.backend == "torch-cpu" and pruned:
+        lines["onnxruntime"] = "dry run: the CPU provider stands in for onnxruntime-cuda"
+        jobs.append(("onnxruntime", "fp32", list(pruned)[:1], [min(s.batches)]))
+    for backend, line in lines.items():
+        log(f"latency: {backend}: {line}")
+    for backend, dtype, models, batches in jobs:
+        for name in models:
+            x, variants = pruned[name]
             keep = [(v, m) for v, m in variants if v.name in ("original", "r0.5")]
-            for batch in s.batches:
-                row = _row(name, backend, "runtime", "fp32" if backend != "tensorrt"
-                           else "fp16", batch)
+            for batch in batches:
+                row = _row(name, backend, "runtime", dtype, batch)
                 if budget.until(stop_at_s) < 3 * s.min_group_s:
                     row["skipped"] = "time budget of the latency stage spent"
                 else:
@@ -205,6 +212,8 @@ def _optional_backends(results, budget, s: LatencySettings, pruned: dict, stop_a
                     except Exception as e:
                         row["error"] = _err(e)
                         _release_after_error()
+                log(f"latency: {name} {backend} batch {batch}: "
+                    + (row["skipped"] or _brief(row)))
                 doc["rows"].append(row)
                 results.save()
 
@@ -221,13 +230,15 @@ def _measure_runtime(backend: str, variants: list, x: torch.Tensor, batch: int,
                                               times, batch)}
     finally:
         be.close()
-        _release()
+        _release_after_error()
 
 
 def _release_after_error() -> None:
+    """``_release`` that never raises (after a sticky CUDA error the synchronize fails
+    too, and must not hide the error being recorded)."""
     try:
         _release()
-    except Exception:  # a sticky CUDA error: later groups will record it too
+    except Exception:
         pass
 
 
@@ -290,13 +301,16 @@ def _run_child(cmd: list[str], timeout_s: float) -> str:
     if timeout_s < 1:
         return "not started (no time left)"
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    CHILD_GROUPS.add(proc.pid)
     try:
         rc = proc.wait(timeout=timeout_s)
         return "finished" if rc == 0 else f"exited with code {rc}"
     except subprocess.TimeoutExpired:
-        try:
+        return f"stopped by its time box ({timeout_s:.0f}s)"
+    finally:
+        try:  # the whole group: inductor's compile workers too
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+        except OSError:
             pass
         proc.wait()
-        return f"stopped by its time box ({timeout_s:.0f}s)"
+        CHILD_GROUPS.discard(proc.pid)

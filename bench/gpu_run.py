@@ -208,7 +208,8 @@ def run(a: argparse.Namespace) -> int:
                lambda: run_training(results, budget, train_settings(a),
                                     load_splits(a, results, device), end, log))
     dog.cancel()
-    errors = [k for k, v in results.doc["stages"].items() if str(v.get("status")).startswith("error")]
+    errors = [k for k, v in results.doc["stages"].items()
+              if str(v.get("status")).startswith("error")]
     results.doc["status"] = "done" + (f" (errors in {', '.join(errors)})" if errors else "")
     results.doc["wall_s"] = budget.elapsed()
     results.save()

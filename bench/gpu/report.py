@@ -178,7 +178,8 @@ def _training_md(doc: dict) -> list[str]:
 def markdown(doc: dict) -> str:
     env = doc.get("env", {})
     st, order = speed_target(doc), training_ordering(doc)
-    head = (f"# fxprune GPU run{' (DRY RUN on CPU: tiny sizes, not GPU figures)' if doc.get('dry_run') else ''}\n\n"
+    dry = " (DRY RUN on CPU: tiny sizes, not GPU figures)" if doc.get("dry_run") else ""
+    head = (f"# fxprune GPU run{dry}\n\n"
             f"GPU: {env.get('gpu')} ({env.get('gpu_memory_gib', '?')} GiB, driver "
             f"{env.get('driver', '?')}); torch {env.get('torch')} (CUDA {env.get('cuda_runtime')}, "
             f"cuDNN {env.get('cudnn', '?')}), torchvision {env.get('torchvision')}; date "

@@ -147,7 +147,7 @@ def _train_range(run: _Run, train: DeviceSplit, epochs: range, lr_at: Callable[[
 
 
 def _counts(model: nn.Module) -> dict[str, int]:
-    c = fxprune.count(copy.deepcopy(model).cpu().float(), torch.zeros(1, 3, 32, 32))
+    c = fxprune.count(_to_cpu(model), torch.zeros(1, 3, 32, 32))
     return {"macs": int(c.macs), "params": int(c.params)}
 
 

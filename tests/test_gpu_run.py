@@ -219,3 +219,16 @@ def test_watchdog_marks_the_results_and_ends_a_stuck_process(tmp_path):
                           timeout=60, env=_env())
     assert proc.returncode == 3 and time.perf_counter() - t0 < 20
     assert "watchdog" in json.loads((tmp_path / "results.json").read_text())["status"]
+
+
+@pytest.mark.parametrize("doc", [
+    {},
+    {"status": "stopped by the watchdog (time budget spent)", "env": {"gpu": "X"},
+     "stages": {"latency": {"status": "running"}},
+     "latency": {"models": [{"model": "resnet18", "error": "TraceError: x"}], "rows": []}},
+    {"train": {"data": {"source": "s", "train": 10, "test": 10}, "error": "OSError: gone"}},
+])
+def test_report_of_a_partial_run_is_still_written(doc, tmp_path):
+    md = R.markdown(doc)
+    assert "## Targets" in md and "not measured" in md
+    assert R.plot(doc, tmp_path / "p.png") is False and not (tmp_path / "p.png").exists()

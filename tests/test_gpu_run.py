@@ -232,3 +232,26 @@ def test_report_of_a_partial_run_is_still_written(doc, tmp_path):
     md = R.markdown(doc)
     assert "## Targets" in md and "not measured" in md
     assert R.plot(doc, tmp_path / "p.png") is False and not (tmp_path / "p.png").exists()
+
+
+def test_training_past_its_deadline_plans_the_minimum_and_records_what_was_cut(tmp_path):
+    from gpu.budget import Budget, Results
+    from gpu.data import DeviceSplit, synthetic_cifar
+    from gpu.train import run_training
+
+    d = synthetic_cifar(64, 32)
+    cpu = torch.device("cpu")
+    splits = (DeviceSplit(*d["train"][:2], cpu), DeviceSplit(*d["test"][:2], cpu))
+    s = TrainSettings(model_kwargs={"width": 4}, batch_size=32, eval_batch_size=32,
+                      min_epochs=2, max_epochs=3)
+    budget = Budget(1000)
+    results = Results(tmp_path / "results.json", {})
+    doc = run_training(results, budget, s, splits, stop_at_s=budget.elapsed() + 0.01,
+                       log=lambda m: None)
+    assert doc["plan"]["E"] == 2 and "cut short" in doc["plan"]["note"]
+    assert doc["original"]["epochs"] == 1 and "stopped before epoch 1" in doc["original"]["truncated"]
+    for name, r in doc["runs"].items():
+        assert r["epochs"] == 0 and r["planned_epochs"] >= 1 and "truncated" in r, name
+        assert 0 <= r["acc"] <= 1
+    saved = json.loads((tmp_path / "results.json").read_text())["train"]
+    assert set(saved["runs"]) == {"fine-tune", "lr-rewind", "scratch-e"}

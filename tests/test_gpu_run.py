@@ -255,3 +255,29 @@ def test_training_past_its_deadline_plans_the_minimum_and_records_what_was_cut(t
         assert 0 <= r["acc"] <= 1
     saved = json.loads((tmp_path / "results.json").read_text())["train"]
     assert set(saved["runs"]) == {"fine-tune", "lr-rewind", "scratch-e"}
+
+
+def test_latency_past_its_deadline_skips_with_the_reason(tmp_path):
+    from gpu.budget import Budget, Results
+    from gpu.latency import LatencySettings, run_latency
+
+    results = Results(tmp_path / "results.json", {})
+    s = LatencySettings(backend="torch-cpu", models=[["resnet18", 32]], min_group_s=0.0)
+    doc = run_latency(results, Budget(100), s, stop_at_s=0.0, log=lambda m: None)
+    assert doc["models"] == [{"model": "resnet18", "skipped": "time budget spent before pruning"}]
+    assert doc["rows"] == []
+
+
+def test_compile_child_is_killed_at_its_time_box_and_says_so(tmp_path):
+    from gpu.budget import CHILD_GROUPS, Budget, Results
+    from gpu.latency import LatencySettings, run_compile
+
+    results = Results(tmp_path / "results.json",
+                      {"latency": {"models": [{"model": "resnet18", "variants": []}], "rows": []}})
+    s = LatencySettings(backend="torch-cpu", models=[["resnet18", 32]], compile_backend="eager")
+    t0 = time.perf_counter()
+    run_compile(results, Budget(100), s, box_s=1.0, work=tmp_path / "w", log=lambda m: None)
+    assert time.perf_counter() - t0 < 15 and not CHILD_GROUPS
+    (row,) = results.doc["latency"]["rows"]
+    assert row["model"] == "resnet18" and "time box" in row["skipped"]
+    assert "time box" in results.doc["latency"]["compile_status"]

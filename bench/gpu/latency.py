@@ -142,7 +142,7 @@ def run_latency(results, budget, s: LatencySettings, stop_at_s: float, log=print
     pruned: dict[str, tuple[torch.Tensor, list]] = {}
     specs = zoo.variant_specs(s.ratios, s.round_to, s.extra_round_to)
     for name, side in s.models:
-        if budget.until(stop_at_s) < s.min_group_s:
+        if budget.until(stop_at_s) <= s.min_group_s:
             doc["models"].append({"model": name, "skipped": "time budget spent before pruning"})
             continue
         log(f"latency: pruning {name} at {side}x{side} on the CPU")
@@ -160,7 +160,7 @@ def run_latency(results, budget, s: LatencySettings, stop_at_s: float, log=print
             continue
         row = _row(name, s.backend, mode, dtype, batch)
         why = _skip_reason(s.backend, mode, dtype)
-        if why is None and budget.until(stop_at_s) < s.min_group_s:
+        if why is None and budget.until(stop_at_s) <= s.min_group_s:
             why = "time budget of the latency stage spent"
         if why:
             row["skipped"] = why
@@ -204,7 +204,7 @@ def _optional_backends(results, budget, s: LatencySettings, pruned: dict, stop_a
             keep = [(v, m) for v, m in variants if v.name in ("original", "r0.5")]
             for batch in batches:
                 row = _row(name, backend, "runtime", dtype, batch)
-                if budget.until(stop_at_s) < 3 * s.min_group_s:
+                if budget.until(stop_at_s) <= 3 * s.min_group_s:
                     row["skipped"] = "time budget of the latency stage spent"
                 else:
                     try:

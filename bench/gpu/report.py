@@ -15,7 +15,8 @@ from typing import Any
 __all__ = ["ANCHORS", "speed_target", "training_ordering", "markdown", "plot"]
 
 #: Liu et al. 2019 (ICLR), "Rethinking the Value of Network Pruning", Table 1, L1-norm
-#: filter pruning on CIFAR-10, mean of 5 runs (entered by hand from the paper).
+#: filter pruning on CIFAR-10, mean of 5 runs. Entered by hand as recalled from the paper;
+#: not checked against a copy of it in this repository: verify before quoting.
 LIU_RESNET56_B = {"source": "Liu et al. 2019, Table 1 (L1-norm filter pruning, ResNet-56-B)",
                   "original": 93.14, "fine-tune": 92.67, "scratch-e": 92.54, "scratch-b": 93.05}
 

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .errors import FxPruneError
+
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "ImageTensorDataset", "TensorLoader", "balanced_indices",
            "cache_dir",
            "cifar10", "digits", "find_cifar10", "loader"]
@@ -186,18 +188,35 @@ def find_cifar10() -> Path | None:
     return None
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads the CIFAR-10 python batches (dicts of bytes, lists and numpy arrays) and
+    refuses every other global, so a crafted batch file cannot run code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise FxPruneError(f"CIFAR batch file refers to {module}.{name}; only numpy arrays "
+                               "are read from it (is it a genuine cifar-10-batches-py file?)")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        return _ArrayUnpickler(fh, encoding="bytes").load()
+
+
 def _read_pickles(d: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     data, labels = [], []
     for name in names:
-        with open(d / name, "rb") as fh:
-            entry = pickle.load(fh, encoding="bytes")
+        entry = _unpickle(d / name)
         data.append(np.asarray(entry[b"data"], dtype=np.uint8))
         labels += list(entry[b"labels"])
     classes = [str(i) for i in range(10)]
     if (d / "batches.meta").exists():
-        with open(d / "batches.meta", "rb") as fh:
-            classes = [c.decode() for c in pickle.load(fh, encoding="bytes")[b"label_names"]]
+        classes = [c.decode() for c in _unpickle(d / "batches.meta")[b"label_names"]]
     images = torch.from_numpy(np.concatenate(data)).reshape(-1, 3, 32, 32)
     return images, torch.tensor(labels), classes
 

@@ -131,9 +131,33 @@ def test_crafted_resume_files_are_not_unpickled(tmp_path):
 
 
 _UNPICKLING = re.compile(r"weights_only\s*=\s*False|pickle\.loads?\(|\bdill\.|Unpickler\(")
-# reads the CIFAR-10 "python version" release (its own pickles); not a file fxprune writes.
-# TODO(data owner): replace with a restricted unpickler, then drop this entry.
+# reads the CIFAR-10 "python version" release through _ArrayUnpickler, which builds numpy
+# arrays only (test_cifar_batch_unpickler_refuses_code below)
 _KNOWN = {"fxprune/data.py"}
+
+
+def test_cifar_batch_unpickler_refuses_code(tmp_path):
+    import os
+    import pickle
+
+    import numpy as np
+
+    from fxprune.data import _unpickle
+
+    good = tmp_path / "good"
+    good.write_bytes(pickle.dumps({b"data": np.zeros((2, 3), np.uint8), b"labels": [1, 2]}))
+    assert _unpickle(good)[b"labels"] == [1, 2]
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "bad"
+    bad.write_bytes(pickle.dumps({b"data": Evil()}))
+    with pytest.raises(fxprune.FxPruneError, match="only numpy arrays"):
+        _unpickle(bad)
+    assert not marker.exists()
 
 
 def test_no_unpickling_in_the_package():

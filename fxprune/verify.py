@@ -92,12 +92,17 @@ def max_relative_diff(a: Any, b: Any) -> float:
 
 def _oracle_diff(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan,
                  pruned: torch.nn.Module, inputs: tuple, stacklevel: int = 3) -> float:
-    """Two eval-mode forwards (copies, so the user's modules keep their flags)."""
+    """Two eval-mode forwards: of a zeroed copy of ``model``, and of ``pruned`` (whose
+    submodules get their training flags back afterwards)."""
     dead = zero_removed(model, cg, plan).eval()
-    pruned = copy.deepcopy(pruned).eval()
-    with torch.no_grad():
-        reference = dead(*inputs)
-        diff = max_relative_diff(reference, pruned(*inputs))
+    flags = [(m, m.training) for m in pruned.modules()]
+    try:
+        with torch.no_grad():
+            reference = dead(*inputs)
+            diff = max_relative_diff(reference, pruned.eval()(*inputs))
+    finally:
+        for m, flag in flags:
+            m.training = flag
     if all(not t.any() for t in _flat(reference)):
         warnings.warn("verify: the model's output is all zeros on these inputs (a zero-initialised "
                       "head?), so the comparison proves nothing; re-initialise the head or compare "

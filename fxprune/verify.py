@@ -168,12 +168,18 @@ def check_rewrite(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan,
         return _oracle_diff(model, cg, p, shrink(cg, p), inputs) > rtol
 
     culprits = _bisect(exact, fails) if len(exact) > 1 else exact
-    shown = ", ".join(culprits[:5]) + (f" and {len(culprits) - 5} more" if len(culprits) > 5 else "")
+    if culprits:
+        shown = ", ".join(culprits[:5]) + (f" and {len(culprits) - 5} more" if len(culprits) > 5
+                                           else "")
+        where = (f"in group(s) {shown}: the rewrite is wrong there; report it as an fxprune bug, "
+                 "and add those layers to ignore= to prune around them meanwhile")
+    else:  # nothing exact removed: the rewrite changed the model by itself
+        what = "deleting removed_blocks" if plan.removed_blocks else "an empty plan"
+        where = (f"with {what}: the rewrite changes the model by itself (an op it drops or "
+                 "misreads); report it as an fxprune bug with the model")
     raise VerificationError(
         f"the pruned module differs from the dead-unit oracle by {diff:.3g} (relative, tolerance "
-        f"{rtol:.1g}) in group(s) {shown or '(none: the depth pruning of removed_blocks)'}: "
-        "the rewrite is wrong there; report it as an fxprune bug, and add those layers "
-        "to ignore= to prune around them meanwhile")
+        f"{rtol:.1g}) {where}")
 
 
 def _bisect(gids: list[str], fails: Callable[[list[str]], bool]) -> list[str]:

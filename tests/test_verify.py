@@ -115,3 +115,48 @@ def test_refit_criteria_are_checked_on_the_rewrite() -> None:
                          progress=False)
     assert res.reconstructed  # the re-fit changed weights the oracle cannot know about
     assert fxprune.verify(model, res, x) == pytest.approx(res.oracle_diff, abs=1e-9)
+
+
+def test_empty_plan_that_changes_the_model_is_caught(monkeypatch) -> None:
+    """Even with nothing removed the rewrite runs (finish, constants): the check still runs."""
+    model, x = T.build("residual"), T.example_input("residual")
+    real = SHRINK.finish
+
+    def lossy(gm):  # a finish that loses an op, as dead-code elimination of an in-place op did
+        node = next(n for n in gm.graph.nodes if n.op == "call_function" and "relu" in str(n.target))
+        node.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(node)
+        return real(gm)
+
+    monkeypatch.setattr(SHRINK, "finish", lossy)
+    with pytest.raises(VerificationError, match="empty plan"):
+        fxprune.prune(model, x, ratio=0.0)
+
+
+class InPlaceStatements(nn.Module):
+    """``y.relu_()`` and ``z += y`` as statements (issue 10, section 3): dead-code elimination
+    used to drop them, giving a wrong pruned model with no warning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        y.relu_()
+        z = self.b(y)
+        z += y
+        return self.c(z)
+
+
+def test_in_place_model_is_never_silently_wrong() -> None:
+    """Either the rewrite is exact or prune() says so: never a wrong module returned."""
+    torch.manual_seed(0)
+    model, x = InPlaceStatements().eval(), torch.randn(2, 3, 8, 8)
+    try:
+        res = fxprune.prune(model, x, ratio=0.5)
+    except VerificationError as e:
+        assert "a.weight:0" in str(e) or "empty plan" in str(e), e
+        return
+    assert fxprune.verify(model, res, x) <= tolerance(model, x)

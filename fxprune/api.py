@@ -16,8 +16,8 @@ from .criteria import (COMMON_OPTIONS, CriterionOutput, criterion_call_options, 
                        get_criterion)
 from .errors import FxPruneError
 from .plan import PruningPlan
-from .trace import as_tuple
 from .select import bisect_budget, check_ratio, make_plan, select_by_ratio, select_global
+from .trace import as_tuple
 
 __all__ = ["PruneResult", "prune", "apply_plan", "dead_channel_plan"]
 
@@ -93,9 +93,11 @@ def _check_arguments(criterion: str, criterion_kwargs: Mapping, ratio: Any, roun
     own = parameter_names(prune)
     options = criterion_options(criterion)
     own_options = options - COMMON_OPTIONS
-    takes = f"takes {', '.join(sorted(own_options))}" if own_options else "takes no options of its own"
+    takes = f"takes {', '.join(sorted(own_options))}" if own_options else \
+        "takes no options of its own"
     reject_unknown("fxprune.prune", criterion_kwargs, options, also_known=own,
-                   describe=f"(criterion {criterion!r} {takes}; prune() takes {', '.join(own[2:])})")
+                   describe=f"(criterion {criterion!r} {takes}; "
+                            f"prune() takes {', '.join(own[2:])})")
 
 
 def prune(

@@ -105,7 +105,8 @@ def calibration_error(cursor: _Cursor, cause: BaseException, expected: Sequence[
     text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
     return CalibrationError(
         f"calibration batch {cursor.index} (0-based) failed in the criterion's forward: "
-        f"{type(cause).__name__}: {text}; expected inputs shaped {want}{classes}, got {got}{labels}; "
+        f"{type(cause).__name__}: {text}; expected inputs shaped {want}{classes}, "
+        f"got {got}{labels}; "
         "fix: make calibration= yield batches shaped like example_inputs (input, or (input, "
         "target) pairs)")
 

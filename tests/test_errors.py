@@ -316,7 +316,8 @@ def test_channel_mismatch_keeps_the_real_cause() -> None:
     from fxprune.errors import InputMismatchError
 
     msg = _run_and_check(lambda: fxprune.prune(T.build("residual"), torch.randn(1, 1, 8, 8)),
-                         InputMismatchError, "conv1", "expected input[1, 1, 8, 8] to have 3 channels",
+                         InputMismatchError, "conv1",
+                         "expected input[1, 1, 8, 8] to have 3 channels",
                          "(1, 1, 8, 8)", "fix")
     assert "\n" not in msg
 

@@ -52,7 +52,8 @@ def _run_and_check(model: nn.Module) -> fxprune.PruneResult:
     assert res.oracle_diff is not None and res.oracle_diff <= 1e-5
     emb = res.module.get_parameter("emb.weight")
     assert emb.shape == (20, 8), "the embedding dim was not pruned: the check would be vacuous"
-    aliases = {n for n, p in model.named_parameters(remove_duplicate=False) if p is model.emb.weight}
+    aliases = {n for n, p in model.named_parameters(remove_duplicate=False)
+               if p is model.emb.weight}
     present = aliases & set(dict(res.module.named_parameters(remove_duplicate=False)))
     assert present and all(res.module.get_parameter(n) is emb for n in present), present
     return res

@@ -123,7 +123,8 @@ def test_empty_plan_that_changes_the_model_is_caught(monkeypatch) -> None:
     real = SHRINK.finish
 
     def lossy(gm):  # a finish that loses an op, as dead-code elimination of an in-place op did
-        node = next(n for n in gm.graph.nodes if n.op == "call_function" and "relu" in str(n.target))
+        node = next(n for n in gm.graph.nodes
+                    if n.op == "call_function" and "relu" in str(n.target))
         node.replace_all_uses_with(node.args[0])
         gm.graph.erase_node(node)
         return real(gm)

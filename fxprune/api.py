@@ -9,11 +9,15 @@ import torch
 import torch.fx as fx
 
 from .analysis import analyze
+from .arguments import as_items, check_bool, check_positive_int, parameter_names, reject_unknown
 from .channel_graph import ChannelGraph
 from .count import Counts, count
-from .criteria import CriterionOutput, get_criterion
+from .criteria import (COMMON_OPTIONS, CriterionOutput, criterion_call_options, criterion_options,
+                       get_criterion)
+from .errors import FxPruneError
 from .plan import PruningPlan
 from .select import bisect_budget, check_ratio, make_plan, select_by_ratio, select_global
+from .trace import as_tuple
 
 __all__ = ["PruneResult", "prune", "apply_plan", "dead_channel_plan"]
 
@@ -27,6 +31,7 @@ class PruneResult:
     graph: ChannelGraph = field(repr=False)
     example_inputs: Any = field(default=None, repr=False)
     reconstructed: tuple[str, ...] = ()  # parameters a criterion re-fitted after shrink
+    oracle_diff: float | None = None  # prune()'s self-check: relative difference (None: unchecked)
 
     def counts(self) -> Counts:
         return count(self.module, self.example_inputs)
@@ -41,15 +46,58 @@ def _shrink(cg: ChannelGraph, plan: PruningPlan, weight_updates: Mapping | None 
 
     gm = shrink(cg, plan)
     if weight_updates:
-        with torch.no_grad():
-            for name, value in weight_updates.items():
-                gm.get_parameter(name).copy_(value)
+        _apply_updates(gm, weight_updates)
     return gm
 
 
-def _scores(cg, model, criterion, calibration, kw) -> CriterionOutput:
-    out = get_criterion(criterion)(cg, model=model, calibration=calibration, **kw)
+def _apply_updates(gm: fx.GraphModule, weight_updates: Mapping) -> None:
+    with torch.no_grad():
+        for name, value in weight_updates.items():
+            gm.get_parameter(name).copy_(value)
+
+
+def _expected_io(cg: ChannelGraph, example_inputs: Any) -> tuple[list, int | None]:
+    """Shapes of the example inputs, and the class count of a (N, C) output if there is one."""
+    shapes = [tuple(t.shape) for t in as_tuple(example_inputs) if isinstance(t, torch.Tensor)]
+    out = next((n for n in reversed(cg.gm.graph.nodes) if n.op == "output"), None)
+    meta = getattr(out.args[0], "meta", {}).get("tensor_meta") if out is not None else None
+    shape = getattr(meta, "shape", None)
+    return shapes, (int(shape[1]) if shape is not None and len(shape) == 2 else None)
+
+
+def _scores(cg, model, criterion, calibration, kw, example_inputs=None) -> CriterionOutput:
+    from fxprune.passes.calibration import batch_cursor, calibration_error
+
+    with batch_cursor() as cursor:
+        try:
+            out = get_criterion(criterion)(cg, model=model, calibration=calibration,
+                                           **criterion_call_options(criterion, kw))
+        except FxPruneError:
+            raise
+        except Exception as e:  # a batch of the wrong shape, labels out of range, ...
+            named = calibration_error(cursor, e, *_expected_io(cg, example_inputs))
+            if named is None:
+                raise
+            raise named from e
     return out if isinstance(out, CriterionOutput) else CriterionOutput(scores=out)
+
+
+def _check_arguments(criterion: str, criterion_kwargs: Mapping, ratio: Any, round_to: Any,
+                     flags: Mapping[str, Any]) -> None:
+    """Named errors for wrong types and unknown keywords, before any work starts."""
+    if not isinstance(ratio, Mapping):
+        check_ratio(ratio)
+    check_positive_int(round_to, "round_to")
+    for name, value in flags.items():
+        check_bool(value, name)
+    own = parameter_names(prune)
+    options = criterion_options(criterion)
+    own_options = options - COMMON_OPTIONS
+    takes = f"takes {', '.join(sorted(own_options))}" if own_options else \
+        "takes no options of its own"
+    reject_unknown("fxprune.prune", criterion_kwargs, options, also_known=own,
+                   describe=f"(criterion {criterion!r} {takes}; "
+                            f"prune() takes {', '.join(own[2:])})")
 
 
 def prune(
@@ -66,25 +114,37 @@ def prune(
     calibration: Iterable | None = None,
     leaf_modules: Sequence = (),
     concrete_args: dict | None = None,
+    check: bool = True,
     **criterion_kwargs: Any,
 ) -> PruneResult:
-    """Score units with ``criterion``, pick the least important, shrink.
+    """Score units with ``criterion``, pick the least important, shrink, check.
 
     ``ratio``: fraction of units removed per group (a dict gives per-group
     ratios), or the global fraction with ``global_ranking=True``.
     ``target_macs``/``target_params``: keep at most this fraction of the
     original MACs/params (global ranking, bisection on the ratio, within 2%).
+    ``ignore`` / ``leaf_modules``: lists; a single name, module or type is one item.
+    ``criterion_kwargs``: the criterion's own options (``criterion_options(name)``);
+    any other keyword raises UnknownArgumentError naming the closest accepted name.
+
+    ``check`` (default True): run the dead-unit oracle on ``example_inputs`` (two
+    forward passes, copies of the model in eval mode) and raise VerificationError
+    naming the groups whose rewrite is not exact, at the dtype's tolerance
+    (``fxprune.verify.tolerance``). Groups marked ``mixing`` (LayerNorm ...) are
+    not exact by design: a plan touching them is checked on the sub-plan of its
+    exact groups (one extra shrink). Criteria that re-fit weights (ThiNet, LASSO)
+    are checked on the rewrite before the re-fit. ``check=False`` skips it (for
+    pruning large models in a loop); ``result.oracle_diff`` holds what was measured.
     """
-    if not isinstance(ratio, Mapping):
-        check_ratio(ratio)
-    if round_to < 1:
-        raise ValueError(f"round_to must be >= 1, got {round_to}")
+    _check_arguments(criterion, criterion_kwargs, ratio, round_to,
+                     {"global_ranking": global_ranking, "check": check})
+    ignore, leaf_modules = as_items(ignore, "ignore"), as_items(leaf_modules, "leaf_modules")
     cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules,
                  concrete_args=concrete_args)
-    out = _scores(cg, model, criterion, calibration, criterion_kwargs)
-    if out.removed_blocks:  # depth pruning (SSS): delete branches, re-analyse the smaller graph
-        cg = _drop_blocks(model, example_inputs, out.removed_blocks, ignore, leaf_modules,
-                          concrete_args)
+    out = _scores(cg, model, criterion, calibration, criterion_kwargs, example_inputs)
+    blocks = as_items(out.removed_blocks, "removed_blocks")
+    if blocks:  # depth pruning (SSS): delete branches, re-analyse the smaller graph
+        cg = _drop_blocks(model, example_inputs, blocks, ignore, leaf_modules, concrete_args)
     settings = {"ratio": ratio if not isinstance(ratio, Mapping) else dict(ratio),
                 "global_ranking": global_ranking, "round_to": round_to,
                 **{k: v for k, v in criterion_kwargs.items() if isinstance(v, (int, float, str, bool))}}
@@ -98,10 +158,23 @@ def prune(
     else:
         removed = select_by_ratio(cg, out.scores, ratio, round_to)
     plan = make_plan(cg, removed, criterion, settings)
-    plan = PruningPlan(**{**plan.__dict__, "removed_blocks": tuple(out.removed_blocks)})
+    plan = PruningPlan(**{**plan.__dict__, "removed_blocks": blocks})
+    gm = _shrink(cg, plan)
+    diff = _self_check(model, cg, plan, gm, example_inputs) if check else None
     updates = out.weight_updates(plan) if callable(out.weight_updates) else out.weight_updates
-    return PruneResult(_shrink(cg, plan, updates), plan, cg, example_inputs,
-                       tuple(sorted(updates or ())))
+    if updates:  # after the check: the oracle proves the rewrite, not the re-fit
+        _apply_updates(gm, updates)
+    return PruneResult(gm, plan, cg, example_inputs, tuple(sorted(updates or ())), diff)
+
+
+def _self_check(model, cg: ChannelGraph, plan: PruningPlan, gm: fx.GraphModule,
+                example_inputs: Any) -> float | None:
+    """verify.check_rewrite against the user's model, or against the block-free graph
+    when depth pruning deleted branches (their removal is the criterion's choice)."""
+    from .verify import check_rewrite
+
+    oracle = cg.gm if plan.removed_blocks else model
+    return check_rewrite(oracle, cg, plan, gm, example_inputs, shrink=_shrink)
 
 
 # --- depth pruning hook (SSS): plan.removed_blocks are deleted before channel analysis ---
@@ -150,8 +223,10 @@ def _retrace(gm: fx.GraphModule, example_inputs: Any) -> fx.GraphModule:
 def apply_plan(model: torch.nn.Module, example_inputs: Any, plan: PruningPlan, *,
                ignore: Iterable = (), leaf_modules: Sequence = ()) -> PruneResult:
     """Replay a saved plan on a fresh model of the same architecture."""
-    if plan.removed_blocks:  # depth pruning hook
-        cg = _drop_blocks(model, example_inputs, plan.removed_blocks, ignore, leaf_modules)
+    ignore, leaf_modules = as_items(ignore, "ignore"), as_items(leaf_modules, "leaf_modules")
+    blocks = as_items(plan.removed_blocks, "plan.removed_blocks")
+    if blocks:  # depth pruning hook
+        cg = _drop_blocks(model, example_inputs, blocks, ignore, leaf_modules)
     else:
         cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, warn=False)
     return PruneResult(_shrink(cg, plan), plan, cg, example_inputs)
@@ -162,6 +237,7 @@ def dead_channel_plan(model: torch.nn.Module, example_inputs: Any, fraction: flo
                       concrete_args: dict | None = None) -> PruneResult:
     """Prune a random ``fraction`` of units in every group (exact groups only by
     default): pair with verify() for the dead-channel equivalence test."""
+    ignore, leaf_modules = as_items(ignore, "ignore"), as_items(leaf_modules, "leaf_modules")
     cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules,
                  concrete_args=concrete_args, warn=False)
     rng = np.random.default_rng(seed)

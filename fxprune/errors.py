@@ -8,6 +8,10 @@ __all__ = [
     "PlanMismatchError",
     "ShrinkError",
     "VerificationError",
+    "ArgumentError",
+    "UnknownArgumentError",
+    "CalibrationError",
+    "InputMismatchError",
 ]
 
 
@@ -33,3 +37,19 @@ class ShrinkError(FxPruneError):
 
 class VerificationError(FxPruneError):
     """The pruned module does not match the dead-channel oracle."""
+
+
+class ArgumentError(FxPruneError, ValueError):
+    """An argument of a public function has the wrong type or value (names it and the fix)."""
+
+
+class UnknownArgumentError(ArgumentError, TypeError):
+    """A keyword argument (or criterion option) that nothing accepts: a misspelling, usually."""
+
+
+class CalibrationError(FxPruneError):
+    """A calibration batch does not fit the model (names the batch and the expected shape)."""
+
+
+class InputMismatchError(TraceError):
+    """``example_inputs`` do not fit the model's forward (names the node and the real cause)."""

@@ -23,14 +23,17 @@ def set_submodule(root: torch.nn.Module, qualname: str, module: torch.nn.Module)
 
 
 def replace_tensor(root: torch.nn.Module, names: Iterable[str], value: torch.Tensor) -> None:
-    """Point every alias ``names`` of one parameter/buffer at ``value``."""
+    """Point every alias ``names`` of one parameter/buffer at ``value``: one object for all of
+    them, so a tie (``out.weight = emb.weight``) stays one Parameter."""
+    shared: torch.Tensor | None = None
     for name in names:
         owner, attr = _owner(root, name)
         if attr in owner._parameters:
-            old = owner._parameters[attr]
-            owner._parameters[attr] = (
-                value if isinstance(value, torch.nn.Parameter)
-                else torch.nn.Parameter(value, requires_grad=old.requires_grad))
+            if shared is None:
+                old = owner._parameters[attr]
+                shared = value if isinstance(value, torch.nn.Parameter) else \
+                    torch.nn.Parameter(value, requires_grad=old.requires_grad)
+            owner._parameters[attr] = shared
         elif attr in owner._buffers:
             owner._buffers[attr] = value
         else:

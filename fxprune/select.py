@@ -8,20 +8,25 @@ least one unit, and a multiple of ``round_to``.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Mapping
 
 import numpy as np
 
 from .channel_graph import ChannelGraph
-from .errors import FxPruneError
+from .errors import ArgumentError, FxPruneError
 from .plan import PruningPlan
 
 __all__ = ["check_ratio", "keep_count", "select_by_ratio", "select_global", "make_plan"]
 
 
 def check_ratio(ratio: float, what: str = "ratio") -> float:
-    if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
-        raise FxPruneError(f"{what} must be in [0, 1), got {ratio!r}")
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise ArgumentError(f"{what} must be a number in [0, 1) (the fraction removed), got "
+                            f"{ratio!r} of type {type(ratio).__name__}; fix: {what}=0.5"
+                            + (" or a {group id: ratio} dict" if what == "ratio" else ""))
+    if not 0.0 <= float(ratio) < 1.0:
+        raise ArgumentError(f"{what} must be in [0, 1), got {ratio!r}")
     return float(ratio)
 
 

@@ -7,7 +7,12 @@ Shapes are recorded by running the graph once on the example inputs
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
+import io
+import re
+import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +21,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.fx as fx
 
-from .errors import TraceError
+from .errors import InputMismatchError, TraceError
 from .shapes import propagate_shapes
 
 __all__ = ["trace", "trace_graph", "Traced", "as_tuple", "DEFAULT_LEAF_NAMES"]
@@ -151,20 +156,79 @@ def trace_graph(
         try:
             graph = tracer.trace(model, concrete_args=concrete_args)
         except Exception as e:  # torch raises TraceError, TypeError, RuntimeError, ...
+            unfed = _unfed_arguments(model, len(inputs), concrete_args)
             raise TraceError(
                 f"could not trace {type(model).__name__}: {type(e).__name__}: {e}\n"
                 f"  at {_user_frame(e)}\n"
+                + (f"  {unfed}\n" if unfed else "") +
                 "  fix: mark the module containing this code as a leaf "
                 "(trace(..., leaf_modules=[TheModuleType])), or pass concrete_args= "
                 "for arguments that steer Python control flow"
             ) from e
         root = tracer.root
+    printed = io.StringIO()
     try:
-        with torch.no_grad():
+        # torch's ShapeProp prints a traceback of its own before raising: keep it off the
+        # user's terminal (the cause goes into the message); on success, pass on what was printed
+        with torch.no_grad(), contextlib.redirect_stderr(printed):
             propagate_shapes(root, inputs, graph)
     except Exception as e:
-        raise TraceError(
-            f"the traced graph of {type(model).__name__} failed on the example inputs: "
-            f"{type(e).__name__}: {e}\n  fix: check that example_inputs match the model's forward"
-        ) from e
+        raise _input_mismatch(model, inputs, concrete_args, e) from e
+    if printed.getvalue():
+        sys.stderr.write(printed.getvalue())
     return Traced(root, graph, type(model).__name__)
+
+
+def _unfed_arguments(model: torch.nn.Module, n_inputs: int, concrete_args: dict | None) -> str:
+    """The forward arguments that example_inputs (a positional tuple) cannot reach:
+    keyword-only ones and defaulted ones past the inputs, unless concrete_args fixes them."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return ""
+    fixed = set(concrete_args or ())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    left = [p for p in positional[n_inputs:] if p.name not in fixed]
+    left += [p for p in params if p.kind == p.KEYWORD_ONLY and p.name not in fixed]
+    if not left:
+        return ""
+    names = ", ".join(f"{'keyword-only ' if p.kind == p.KEYWORD_ONLY else ''}{p.name!r}"
+                      + ("" if p.default is p.empty else f" (default {p.default!r})") for p in left)
+    fixes = []
+    defaults = ", ".join(f"{p.name!r}: {p.default!r}" for p in left if p.default is not p.empty)
+    if defaults:
+        fixes.append(f"pass concrete_args={{{defaults}}} (or other non-tensor values) so tracing "
+                     "follows the value the model runs with")
+    required = [p.name for p in left if p.default is p.empty]
+    if required:
+        fixes.append(f"wrap the model in a module whose forward takes {', '.join(required)} "
+                     "positionally (fx cannot fix a tensor with concrete_args) and give them in "
+                     "example_inputs")
+    return f"forward argument(s) {names} get no value from example_inputs; fix: " + \
+        "; or ".join(fixes)
+
+
+def _innermost(e: BaseException) -> BaseException:
+    """The deepest exception of the chain that says something (StopIteration says nothing)."""
+    found = e
+    while (e := e.__cause__ or e.__context__) is not None:
+        if str(e).strip():
+            found = e
+    return found
+
+
+def _input_mismatch(model: torch.nn.Module, inputs: tuple, concrete_args: dict | None,
+                    e: BaseException) -> InputMismatchError:
+    """One line: the node, the real cause (torch's innermost error), the shapes given, the fix."""
+    cause = _innermost(e)
+    node = re.search(r"node=%(\w+)", str(e))
+    where = f" at node {node.group(1)}" if node else ""
+    text = " ".join(str(cause).split())
+    shapes = ", ".join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+                       for t in inputs)
+    unfed = _unfed_arguments(model, len(inputs), concrete_args)
+    fix = unfed or ("fix: pass example_inputs shaped like the model's real input "
+                    "(channels, sequence length, dtype)")
+    return InputMismatchError(
+        f"example_inputs do not fit {type(model).__name__}{where}: {type(cause).__name__}: "
+        f"{text} (example_inputs: {shapes}); {fix}")

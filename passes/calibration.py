@@ -6,6 +6,12 @@ pair (what a classification DataLoader yields); :func:`split_batch` says which.
 :func:`iter_batches` walks at most ``num_batches`` of them behind a rich
 progress bar (on stderr, gone when done) and moves them to the model's device.
 
+While :func:`batch_cursor` is active (``fxprune.prune`` holds one around the
+criterion), :func:`iter_batches` records which batch is being consumed, so a
+forward that fails on a batch of the wrong shape, or a loss on labels out of
+range, becomes a :class:`~fxprune.errors.CalibrationError` naming that batch
+and the expected shapes (:func:`calibration_error`).
+
 Criteria run the model in eval mode (:func:`eval_mode` restores every
 submodule's flag afterwards) and never change it: :func:`capture_inputs`
 removes its forward hooks even when the forward fails.
@@ -21,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fxprune.errors import FxPruneError
+from fxprune.errors import CalibrationError, FxPruneError
 
 __all__ = ["Batch", "split_batch", "require_calibration", "iter_batches", "eval_mode",
-           "module_device", "capture_inputs"]
+           "module_device", "capture_inputs", "batch_cursor", "calibration_error"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,60 @@ def split_batch(batch: Any) -> Batch:
     raise FxPruneError(
         f"calibration batch of type {type(batch).__name__} is not understood; yield an input "
         "tensor or an (input, target) pair per batch")
+
+
+@dataclass
+class _Cursor:
+    """The batch an iter_batches consumer holds (``batch`` is None between walks)."""
+
+    index: int = -1
+    batch: Batch | None = None
+
+
+_CURSORS: list[_Cursor] = []
+
+
+@contextmanager
+def batch_cursor() -> Iterator[_Cursor]:
+    """Record, while active, the calibration batch being consumed (see calibration_error)."""
+    cursor = _Cursor()
+    _CURSORS.append(cursor)
+    try:
+        yield cursor
+    finally:
+        _CURSORS.remove(cursor)
+
+
+def _mark(index: int, batch: Batch | None) -> None:
+    if _CURSORS:
+        _CURSORS[-1].index, _CURSORS[-1].batch = index, batch
+
+
+def _shape(t: Any) -> str:
+    return "x".join(map(str, t.shape)) if isinstance(t, Tensor) else type(t).__name__
+
+
+def calibration_error(cursor: _Cursor, cause: BaseException, expected: Sequence[Sequence[int]],
+                      num_classes: int | None = None) -> CalibrationError | None:
+    """The CalibrationError for ``cause`` raised while batch ``cursor.index`` was in use
+    (None when no batch was): the batch, the shapes it had, the shapes expected
+    (``expected`` are the example inputs' shapes; any batch size) and the label range."""
+    b = cursor.batch
+    if b is None:
+        return None
+    want = ", ".join("Nx" + "x".join(map(str, s[1:])) for s in expected)
+    got = ", ".join(_shape(t) for t in b.inputs)
+    labels = ""
+    if isinstance(b.target, Tensor) and not b.target.is_floating_point() and b.target.numel():
+        labels = f", labels {int(b.target.min())}..{int(b.target.max())}"
+    classes = f" and labels in [0, {num_classes})" if labels and num_classes else ""
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return CalibrationError(
+        f"calibration batch {cursor.index} (0-based) failed in the criterion's forward: "
+        f"{type(cause).__name__}: {text}; expected inputs shaped {want}{classes}, "
+        f"got {got}{labels}; "
+        "fix: make calibration= yield batches shaped like example_inputs (input, or (input, "
+        "target) pairs)")
 
 
 def require_calibration(calibration: Iterable | None, criterion: str) -> Iterable:
@@ -83,9 +143,11 @@ def iter_batches(calibration: Iterable, num_batches: int = 10, *,
             b = split_batch(raw)
             if device is not None:
                 b = Batch(tuple(_to(t, device) for t in b.inputs), _to(b.target, device))
+            _mark(seen, b)
             yield b
             seen += 1
             bar.advance(task)
+    _mark(-1, None)
     if seen == 0:
         raise FxPruneError("calibration data yielded no batch; pass at least one input batch")
 

@@ -14,7 +14,9 @@
 ``l1``, ``l2`` and ``random`` come from :mod:`.magnitude`; ``jackpot``
 (:mod:`.jackpot_criterion`) only raises, pointing to the unstructured search.
 Criteria that need no data ignore ``calibration``; the data-driven ones take
-``num_batches`` (default 10) and ``progress``.
+``num_batches`` (default 10) and ``progress``. A criterion's options are the
+keyword parameters of its function (``fxprune.criteria.criterion_options(name)``);
+``prune()`` rejects any other keyword, naming the closest option.
 """
 from __future__ import annotations
 

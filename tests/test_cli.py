@@ -44,7 +44,7 @@ def test_prune_writes_plan_weights_onnx_and_prints_counts(pruned_dir):
     assert {f.name for f in out.iterdir()} == {"plan.json", "model.safetensors", "meta.json",
                                                "model.onnx", "manifest.json"}
     assert "original" in p.stdout and "pruned" in p.stdout and "MACs" in p.stdout
-    assert "verified" in p.stderr
+    assert "verified" in p.stdout
     meta = io.read_meta(out)
     assert meta["model_factory"] == "tiny_models:tiny" and meta["input_shapes"] == [[1, 3, 16, 16]]
     res = io.load(out, trust_factory=True)  # replays the plan on tiny_models.tiny()
@@ -75,7 +75,7 @@ def test_runtime_error_exit_1_and_debug_traceback(tmp_path):
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "a.txt").write_text("keep me")
-    p = _run_and_check("prune", *TINY, "--ratio", "0.5", "--no-verify", "--no-onnx",
+    p = _run_and_check("prune", *TINY, "--ratio", "0.5", "--no-onnx",
                        "--out", str(foreign), code=1)
     assert "refusing to overwrite" in p.stderr and (foreign / "a.txt").read_text() == "keep me"
     with pytest.raises(FxPruneError, match="refusing"):  # --debug: the exception propagates

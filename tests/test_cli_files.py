@@ -86,6 +86,6 @@ def test_trust_factory_loads_a_trusted_dir(capsys, saved):
 def test_prune_refuses_to_overwrite_user_files(capsys, saved, tmp_path):
     (saved / "results.csv").write_text("mine")
     _run_and_check(capsys, ["prune", "tiny_models:tiny", "--input-shape", "1,3,16,16",
-                            "--no-onnx", "--no-verify", "--out", str(saved)], 1,
+                            "--no-onnx", "--out", str(saved)], 1,
                    "results.csv", "refusing")
     assert (saved / "results.csv").read_text() == "mine"

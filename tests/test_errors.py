@@ -170,3 +170,175 @@ def test_barrier_op_warns_and_never_yields_a_wrong_model(name: str, op: str) -> 
     assert pruned.get_parameter("conv1.weight").shape == model.conv1.weight.shape
     assert pruned.get_parameter("conv2.weight").shape == (3, 8, 3, 3)  # the free side still prunes
     assert fxprune.verify(model, res, x) <= 1e-5
+
+
+# --- arguments: misspelled keywords, wrong types, single items (issue 10, section 5) ---
+@pytest.mark.parametrize("kw, named, guess", [
+    ({"ratoi": 0.3}, "ratoi", "ratio"),
+    ({"global_ranknig": True}, "global_ranknig", "global_ranking"),
+    ({"criterion": "slimming", "percnt": 0.3}, "percnt", "percent"),
+    ({"criterion": "thinet", "num_batchs": 2}, "num_batchs", "num_batches"),
+])
+def test_misspelled_keyword_is_rejected_with_the_closest_name(kw, named, guess) -> None:
+    from fxprune.errors import UnknownArgumentError
+
+    _run_and_check(lambda: fxprune.prune(T.build("residual"), X, **kw), UnknownArgumentError,
+                   repr(named), f"did you mean {guess!r}")
+
+
+def test_every_criterion_declares_its_options() -> None:
+    from fxprune.criteria import COMMON_OPTIONS, CRITERIA, criterion_options
+
+    assert criterion_options("slimming") == {"percent"} | COMMON_OPTIONS
+    assert {"preset", "layer_ratios", "skip", "prune_residual"} <= criterion_options("l1-filter")
+    assert "n_alphas" in criterion_options("lasso") and "seed" in criterion_options("random")
+    for name in CRITERIA:  # nothing leaks in from the call frame or the catch-all
+        assert not {"cg", "model", "calibration", "_", "_kw"} & criterion_options(name), name
+
+
+def test_common_calibration_settings_go_to_any_criterion() -> None:
+    res = fxprune.prune(T.build("residual"), X, criterion="l1", num_batches=2, progress=False)
+    assert res.plan.num_removed > 0
+
+
+@pytest.mark.parametrize("kw, named", [
+    ({"round_to": 2.5}, "round_to"), ({"round_to": 0}, "round_to"), ({"round_to": "8"}, "round_to"),
+    ({"ratio": "0.3"}, "ratio"), ({"ratio": None}, "ratio"), ({"ratio": True}, "ratio"),
+    ({"global_ranking": "yes"}, "global_ranking"), ({"check": 0}, "check"),
+])
+def test_argument_of_the_wrong_type(kw, named) -> None:
+    from fxprune.errors import ArgumentError
+
+    msg = _run_and_check(lambda: fxprune.prune(T.build("residual"), X, **kw), ArgumentError,
+                         named, repr(next(iter(kw.values()))))
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("entry", [fxprune.prune, fxprune.dead_channel_plan])
+@pytest.mark.parametrize("single", ["fc", "module"])
+def test_single_ignore_item_is_one_item(entry, single: str) -> None:
+    model = T.build("residual")
+    res = entry(model, X, ignore="fc" if single == "fc" else model.fc)
+    assert res.module.get_submodule("fc").weight.shape == model.fc.weight.shape
+    assert res.plan.num_removed > 0
+
+
+def test_removed_blocks_given_as_one_name() -> None:
+    """A plan whose removed_blocks is one string is one block, not its letters."""
+    import dataclasses
+
+    from fxprune.models import get_model
+    from fxprune.models.cifar_resnet import BasicBlock
+    from fxprune.passes.sss import block_scales
+    from fxprune.passes.sss_blocks import attach_block_scales
+
+    model = get_model("resnet20", width=4)
+    attach_block_scales(model, (BasicBlock,))
+    with torch.no_grad():
+        block_scales(model)["layer2.1.bn2"].zero_()
+    x = torch.randn(1, 3, 32, 32)
+    plan = fxprune.prune(model.eval(), x, criterion="sss").plan
+    assert plan.removed_blocks == ("layer2.1.bn2",)
+    one = dataclasses.replace(plan, removed_blocks="layer2.1.bn2")
+    res = fxprune.apply_plan(model, x, one)
+    assert "layer2.1.conv1" not in {n for n, _ in res.module.named_modules()}
+
+
+# --- calibration batches ---
+def _calibrated(batches, criterion: str = "taylor"):
+    return lambda: fxprune.prune(T.build("residual"), X, criterion=criterion,
+                                 calibration=batches, progress=False)
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "thinet", "lasso"])
+def test_calibration_batch_of_the_wrong_shape_is_named(criterion: str) -> None:
+    from fxprune.errors import CalibrationError
+
+    batches = [torch.randn(2, 3, 8, 8), torch.randn(2, 1, 8, 8)]
+    msg = _run_and_check(_calibrated(batches, criterion), CalibrationError,
+                         "calibration batch 1", "Nx3x8x8", "2x1x8x8", "channels")
+    assert "\n" not in msg
+
+
+def test_calibration_labels_out_of_range_are_named() -> None:
+    from fxprune.errors import CalibrationError
+
+    batches = [(torch.randn(2, 3, 8, 8), torch.tensor([0, 1])),
+               (torch.randn(2, 3, 8, 8), torch.tensor([3, 9]))]  # the model has 4 outputs
+    _run_and_check(_calibrated(batches), CalibrationError, "calibration batch 1",
+                   "labels in [0, 4)", "labels 3..9")
+
+
+# --- forward arguments example_inputs cannot reach ---
+class KeywordOnly(nn.Module):
+    """A keyword-only tensor argument: example_inputs (positional) cannot give it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor, *, scale: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)) * scale)
+
+
+class DefaultMask(nn.Module):
+    """A default (mask=None) that steers control flow: fx follows the wrong branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+        y = torch.relu(self.a(x))
+        if mask is not None:
+            y = y * mask
+        return self.b(y)
+
+
+def test_keyword_only_tensor_argument_is_named() -> None:
+    from fxprune.errors import InputMismatchError
+
+    msg = _run_and_check(lambda: fxprune.prune(KeywordOnly(), X), InputMismatchError,
+                         "keyword-only 'scale'", "positionally", "example_inputs")
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("model", [DefaultMask(), FlagControlled()], ids=["mask", "flag"])
+def test_steering_default_says_concrete_args(model) -> None:
+    name, value = ("mask", None) if isinstance(model, DefaultMask) else ("flip", False)
+    _run_and_check(lambda: fxprune.prune(model, X), TraceError,
+                   f"concrete_args={{{name!r}: {value!r}}}")
+    assert fxprune.prune(model, X, concrete_args={name: value}).plan.num_removed > 0
+
+
+# --- example_inputs that do not fit ---
+def test_channel_mismatch_keeps_the_real_cause() -> None:
+    from fxprune.errors import InputMismatchError
+
+    msg = _run_and_check(lambda: fxprune.prune(T.build("residual"), torch.randn(1, 1, 8, 8)),
+                         InputMismatchError, "conv1",
+                         "expected input[1, 1, 8, 8] to have 3 channels",
+                         "(1, 1, 8, 8)", "fix")
+    assert "\n" not in msg
+
+
+def test_cli_channel_mismatch_is_one_line(capsys, tmp_path) -> None:
+    from fxprune import cli
+
+    code = cli.main(["prune", "tiny_models:tiny", "--input-shape", "1,1,16,16", "--ratio", "0.5",
+                     "--no-onnx", "--out", str(tmp_path / "x")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.strip().count("\n") == 0, captured.err
+    assert "to have 3 channels" in captured.err and "Traceback" not in captured.err
+
+
+def test_cli_misspelled_option_is_a_usage_error(capsys, tmp_path) -> None:
+    from fxprune import cli
+
+    code = cli.main(["prune", "tiny_models:tiny", "--input-shape", "1,3,16,16", "--criterion",
+                     "slimming", "--option", "percnt=0.3", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert "percnt" in err and "did you mean percent" in err
+    assert not (tmp_path / "x").exists()

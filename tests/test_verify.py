@@ -1,0 +1,163 @@
+"""prune()'s self-check (fxprune.verify.check_rewrite) and the dtype tolerance.
+
+A deliberately broken rewrite (shrink permuting one BatchNorm's kept entries) must
+raise VerificationError naming the group whose rewrite is wrong, and only that
+group; ``check=False`` skips the check; a correct fp16 prune passes with the
+dtype's tolerance although it is far above the fp32 one; plans touching
+channel-mixing groups (LayerNorm) are checked on their exact groups.
+"""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+import torchvision.models as tvm
+import toy_models as T
+from torch import nn
+
+import fxprune
+from fxprune import VerificationError
+from fxprune.verify import tolerance
+
+SHRINK = importlib.import_module("fxprune.passes.shrink")  # the module, not the function
+
+
+def _break_rewrite_of(monkeypatch, param: str) -> None:
+    """shrink now reverses the kept entries of ``param``: a wrong index map, as a bug would."""
+    real = SHRINK.replace_tensor
+
+    def broken(root, names, value):
+        real(root, names, value.flip(0) if param in names else value)
+
+    monkeypatch.setattr(SHRINK, "replace_tensor", broken)
+
+
+def _run_and_check(model: nn.Module, x, **kw) -> fxprune.PruneResult:
+    """prune with the self-check on; the measured difference is within the tolerance."""
+    res = fxprune.prune(model, x, **kw)
+    assert res.plan.num_removed > 0, "nothing pruned: the check would be vacuous"
+    assert res.oracle_diff is not None and res.oracle_diff <= tolerance(model, x)
+    return res
+
+
+def test_broken_rewrite_names_its_group(monkeypatch) -> None:
+    model, x = T.build("residual"), T.example_input("residual")
+    _break_rewrite_of(monkeypatch, "bn2.weight")  # bn2 belongs to group conv2.weight:0 only
+    with pytest.raises(VerificationError, match="dead-unit oracle") as info:
+        fxprune.prune(model, x, ratio=0.5)
+    msg = str(info.value)
+    assert "conv2.weight:0" in msg and "conv1.weight:0" not in msg, msg
+    assert "ignore=" in msg  # the way around it
+
+
+def test_check_false_skips_the_oracle(monkeypatch) -> None:
+    model, x = T.build("residual"), T.example_input("residual")
+    _break_rewrite_of(monkeypatch, "bn2.weight")
+    res = fxprune.prune(model, x, ratio=0.5, check=False)
+    assert res.oracle_diff is None
+    assert fxprune.verify(model, res, x) > 1e-2  # the rewrite really is wrong
+
+
+def test_correct_prune_records_its_difference() -> None:
+    model, x = T.build("residual"), T.example_input("residual")
+    res = _run_and_check(model, x, ratio=0.5)
+    assert res.oracle_diff == pytest.approx(fxprune.verify(model, res, x), abs=1e-9)
+
+
+def test_fp16_resnet_passes_with_the_dtype_tolerance() -> None:
+    torch.manual_seed(0)
+    model = T.randomize_norms(tvm.resnet18(weights=None, num_classes=10)).eval().half()
+    x = torch.randn(2, 3, 32, 32).half()
+    res = _run_and_check(model, x, ratio=0.5, ignore="fc")
+    assert res.oracle_diff > 1e-5  # a fixed fp32 tolerance would have rejected a correct prune
+    assert next(res.module.parameters()).dtype == torch.float16
+
+
+def test_tolerance_follows_the_least_precise_dtype() -> None:
+    lin = nn.Linear(2, 2)
+    assert tolerance(lin, torch.randn(1, 2)) == 1e-5
+    assert tolerance(lin, torch.randn(1, 2).half()) == 8 * torch.finfo(torch.float16).eps
+    assert tolerance(lin.to(torch.bfloat16), torch.randn(1, 2)) == \
+        8 * torch.finfo(torch.bfloat16).eps
+    assert tolerance(None, torch.randn(1, 2, dtype=torch.float64)) == 1e-5
+
+
+class NormedMLP(nn.Module):
+    """fc1 -> relu -> fc2, a residual add, then LayerNorm: the residual group (8) mixes
+    channels through the LayerNorm, the inner group (16) is exact."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 16), nn.Linear(16, 8)
+        self.norm, self.head = nn.LayerNorm(8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.head(self.norm(self.fc2(torch.relu(self.fc1(h))) + h))
+
+
+def test_mixing_groups_are_checked_on_the_exact_sub_plan(monkeypatch) -> None:
+    model, x = NormedMLP().eval(), torch.randn(2, 5, 4)
+    res = _run_and_check(model, x, ratio=0.5)
+    mixing = {g.id for g in res.graph.groups if g.mixing}
+    assert mixing & set(res.plan.removed) and set(res.plan.removed) - mixing
+    assert fxprune.verify(model, res, x) > 1e-3  # the whole plan is not exact, by design
+    _break_rewrite_of(monkeypatch, "fc1.bias")
+    with pytest.raises(VerificationError, match="fc1.weight:0"):
+        fxprune.prune(model, x, ratio=0.5)
+
+
+def test_refit_criteria_are_checked_on_the_rewrite() -> None:
+    model, x = T.build("residual"), T.example_input("residual")
+    batches = [torch.randn(4, *x.shape[1:]) for _ in range(2)]
+    res = _run_and_check(model, x, ratio=0.5, criterion="thinet", calibration=batches,
+                         progress=False)
+    assert res.reconstructed  # the re-fit changed weights the oracle cannot know about
+    assert fxprune.verify(model, res, x) == pytest.approx(res.oracle_diff, abs=1e-9)
+
+
+def test_empty_plan_that_changes_the_model_is_caught(monkeypatch) -> None:
+    """Even with nothing removed the rewrite runs (finish, constants): the check still runs."""
+    model, x = T.build("residual"), T.example_input("residual")
+    real = SHRINK.finish
+
+    def lossy(gm):  # a finish that loses an op, as dead-code elimination of an in-place op did
+        node = next(n for n in gm.graph.nodes
+                    if n.op == "call_function" and "relu" in str(n.target))
+        node.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(node)
+        return real(gm)
+
+    monkeypatch.setattr(SHRINK, "finish", lossy)
+    with pytest.raises(VerificationError, match="empty plan"):
+        fxprune.prune(model, x, ratio=0.0)
+
+
+class InPlaceStatements(nn.Module):
+    """``y.relu_()`` and ``z += y`` as statements (issue 10, section 3): dead-code elimination
+    used to drop them, giving a wrong pruned model with no warning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        y.relu_()
+        z = self.b(y)
+        z += y
+        return self.c(z)
+
+
+def test_in_place_model_is_never_silently_wrong() -> None:
+    """Either the rewrite is exact or prune() says so: never a wrong module returned."""
+    torch.manual_seed(0)
+    model, x = InPlaceStatements().eval(), torch.randn(2, 3, 8, 8)
+    try:
+        res = fxprune.prune(model, x, ratio=0.5)
+    except VerificationError as e:
+        assert "a.weight:0" in str(e) or "empty plan" in str(e), e
+        return
+    assert fxprune.verify(model, res, x) <= tolerance(model, x)

@@ -224,7 +224,8 @@ def test_single_ignore_item_is_one_item(entry, single: str) -> None:
 
 
 def test_removed_blocks_given_as_one_name() -> None:
-    """A plan whose removed_blocks is one string is one block, not its letters."""
+    """A plan whose removed_blocks is one string is refused with the list it meant, never
+    read as its letters."""
     import dataclasses
 
     from fxprune.models import get_model
@@ -239,8 +240,11 @@ def test_removed_blocks_given_as_one_name() -> None:
     x = torch.randn(1, 3, 32, 32)
     plan = fxprune.prune(model.eval(), x, criterion="sss").plan
     assert plan.removed_blocks == ("layer2.1.bn2",)
-    one = dataclasses.replace(plan, removed_blocks="layer2.1.bn2")
-    res = fxprune.apply_plan(model, x, one)
+    from fxprune.file_errors import InvalidPlanError
+
+    with pytest.raises(InvalidPlanError, match=r"\['layer2.1.bn2'\]"):
+        dataclasses.replace(plan, removed_blocks="layer2.1.bn2")
+    res = fxprune.apply_plan(model, x, plan)
     assert "layer2.1.conv1" not in {n for n, _ in res.module.named_modules()}
 
 

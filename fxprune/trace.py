@@ -1,13 +1,16 @@
 """Frontend: trace a model to a torch.fx GraphModule with shapes on every node.
 
-Standard layers (everything under ``torch.nn``) and torchvision's
-``StochasticDepth`` stay leaf modules so the rule table sees them whole.
+Standard layers (everything under ``torch.nn``), subclasses of rule-table
+layers that do not change what they compute (torchvision's ``Conv3DSimple``)
+and torchvision's ``StochasticDepth`` stay leaf modules so the rule table sees
+them whole.
 Shapes are recorded by running the graph once on the example inputs
 (``node.meta["tensor_meta"]``, as torch.fx's ShapeProp does; see shapes.py).
 """
 from __future__ import annotations
 
 import copy
+import operator
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ import torch
 import torch.fx as fx
 
 from .errors import TraceError
+from .rules import module_rule_class
 from .shapes import propagate_shapes
 
 __all__ = ["trace", "trace_graph", "Traced", "as_tuple", "DEFAULT_LEAF_NAMES"]
@@ -41,6 +45,31 @@ _PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.me
           torch.layout)
 
 
+# In-place operators (``y += x``): torch.fx's Proxy has no ``__iadd__``, so Python falls back
+# to ``y = y + x`` and the graph loses the write into ``y`` (wrong when ``y`` aliases another
+# live tensor: a view, or a name bound twice). The tracer records ``operator.iadd`` instead,
+# which the GraphModule runs in place, exactly as the model does.
+_INPLACE_OPERATORS = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
+                      "and", "or", "xor", "lshift", "rshift")
+
+
+class _InplaceProxy(fx.Proxy):
+    """fx.Proxy whose augmented assignments are recorded as ``operator.i<op>`` calls."""
+
+
+def _augmented(name: str):
+    fn = getattr(operator, f"i{name}")
+
+    def method(self, other):
+        return self.tracer.create_proxy("call_function", fn, (self, other), {})
+    method.__name__ = f"__i{name}__"
+    return method
+
+
+for _op in _INPLACE_OPERATORS:
+    setattr(_InplaceProxy, f"__i{_op}__", _augmented(_op))
+
+
 class _LeafTracer(fx.Tracer):
     """fx.Tracer that also keeps user-named modules and default leaf types whole."""
 
@@ -53,7 +82,7 @@ class _LeafTracer(fx.Tracer):
         """The common arguments (proxies, scalars, plain containers of them) without the
         generic dispatch of ``fx.Tracer.create_arg``, which is most of the tracing time."""
         t = type(a)
-        if t is fx.Proxy:
+        if t is _InplaceProxy or t is fx.Proxy:
             return a.node
         if t in _PLAIN:
             return a
@@ -61,11 +90,16 @@ class _LeafTracer(fx.Tracer):
             return t(self.create_arg(e) for e in a)
         return super().create_arg(a)
 
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _InplaceProxy(node, self)
+
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
         if isinstance(m, self._leaf_types) or qualname in self._leaf_names:
             return True
         if (type(m).__module__, type(m).__name__) in DEFAULT_LEAF_NAMES:
             return True
+        if module_rule_class(m) is not None:
+            return True  # a torch.nn layer, or a subclass that computes what it computes
         return super().is_leaf_module(m, qualname)
 
 

@@ -41,7 +41,7 @@ def _n_params(m: torch.nn.Module) -> int:
 
 
 def _run_and_check(model: torch.nn.Module, x: torch.Tensor, fraction: float = 0.5,
-                   seed: int = 0) -> None:
+                   seed: int = 0, other: torch.Tensor | None = None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # barrier models warn; tested in test_errors
         res = fxprune.dead_channel_plan(model, x, fraction=fraction, seed=seed)
@@ -50,7 +50,8 @@ def _run_and_check(model: torch.nn.Module, x: torch.Tensor, fraction: float = 0.
     assert set(res.plan.removed) <= {g.id for g in res.graph.groups if not g.mixing}
     diff = fxprune.verify(model, res, x)
     assert diff <= RTOL, f"pruned module differs from the dead-unit oracle by {diff:.3g}"
-    other = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 100))
+    if other is None:
+        other = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 100))
     diff = fxprune.verify(model, res, other)  # not only on the input it was traced with
     assert diff <= RTOL, f"on a second input: {diff:.3g}"
 
@@ -58,7 +59,8 @@ def _run_and_check(model: torch.nn.Module, x: torch.Tensor, fraction: float = 0.
 @pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75])
 @pytest.mark.parametrize("name", sorted(T.TOY_MODELS))
 def test_toy_dead_channels(name: str, fraction: float) -> None:
-    _run_and_check(T.build(name), T.example_input(name), fraction=fraction, seed=int(fraction * 4))
+    _run_and_check(T.build(name), T.example_input(name), fraction=fraction, seed=int(fraction * 4),
+                   other=T.example_input(name, seed=100))
 
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION))
@@ -93,8 +95,11 @@ def test_pruning_nothing_is_bit_identical(name: str) -> None:
         for pruned in (replayed, zero_ratio):
             assert torch.equal(pruned.eval()(x), want)
             got = pruned.state_dict()
-            assert got.keys() == model.state_dict().keys()
-            assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
+            # a traced-through BatchNorm subclass (FunctionalBNAct) never reads its step counter
+            missing = model.state_dict().keys() - got.keys()
+            assert got.keys() <= model.state_dict().keys()
+            assert all(k.endswith("num_batches_tracked") for k in missing), missing
+            assert all(torch.equal(v, model.state_dict()[k]) for k, v in got.items())
 
 
 def _snapshot(model: torch.nn.Module) -> tuple[dict, dict]:

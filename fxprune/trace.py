@@ -10,6 +10,7 @@ Shapes are recorded by running the graph once on the example inputs
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
 import traceback
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ def _augmented(name: str):
 
 for _op in _INPLACE_OPERATORS:
     setattr(_InplaceProxy, f"__i{_op}__", _augmented(_op))
+_InplaceProxy.__name__ = _InplaceProxy.__qualname__ = "Proxy"  # as torch's errors call it
 
 
 class _LeafTracer(fx.Tracer):
@@ -77,6 +79,15 @@ class _LeafTracer(fx.Tracer):
         super().__init__()
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
+        self.failed_in: torch.nn.Module | None = None  # the innermost module whose trace raised
+
+    def call_module(self, m: torch.nn.Module, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = m
+            raise
 
     def create_arg(self, a: Any) -> Any:
         """The common arguments (proxies, scalars, plain containers of them) without the
@@ -124,14 +135,46 @@ _LIBRARY_DIRS = tuple(str(Path(m.__file__).resolve().parent) for m in (torch,)) 
     str(Path(__file__).resolve().parent),)
 
 
-def _user_frame(exc: BaseException) -> str:
-    """The innermost frame outside torch and fxprune: the user's line that failed to trace."""
+def _generated(filename: str) -> bool:
+    """Code torch.fx writes at run time (GraphModule forwards, patched signatures)."""
+    return filename.startswith(("<eval_with_key", "<fx", "<frozen"))
+
+
+def _forward_location(module: torch.nn.Module) -> str | None:
+    fn = inspect.unwrap(getattr(type(module), "forward", None) or (lambda: None))
+    try:
+        path, line = inspect.getsourcefile(fn), fn.__code__.co_firstlineno
+    except (TypeError, AttributeError):
+        return None
+    return f"{path}:{line}, in {type(module).__name__}.forward (tracing stopped before its body: " \
+           "its signature or a decorator could not be traced)"
+
+
+def _user_frame(exc: BaseException, tracer: _LeafTracer | None = None,
+                model: torch.nn.Module | None = None) -> str:
+    """Where tracing failed, as ``file:line, in function: "code"``: the innermost frame
+    outside torch and fxprune (the model's own code, or its library's). When torch failed
+    before any of it ran (``co_varnames is too small``: a forward fx cannot re-sign), the
+    forward of the module being traced, which is where the user has to look."""
     frames = traceback.extract_tb(exc.__traceback__)
     for fr in reversed(frames):
+        if _generated(fr.filename):
+            continue
         path = str(Path(fr.filename).resolve()) if not fr.filename.startswith("<") else fr.filename
         if not path.startswith(_LIBRARY_DIRS):
             return f'{fr.filename}:{fr.lineno}, in {fr.name}: "{(fr.line or "").strip()}"'
+    for module in (getattr(tracer, "failed_in", None), model):
+        where = _forward_location(module) if module is not None else None
+        if where:
+            return where
     return "<unknown location>"
+
+
+TRACE_ADVICE = (
+    "  fix: trace with frontend=\"export\" (torch.export captures most models symbolic tracing "
+    "cannot follow, and the analysis sees through them); or pass concrete_args= for arguments "
+    "that steer Python control flow; as a last resort mark the module containing this code as "
+    "a leaf (leaf_modules=[TheModuleType]), which keeps it whole: nothing inside it is pruned")
 
 
 @dataclass(frozen=True)
@@ -187,10 +230,7 @@ def trace_graph(
         except Exception as e:  # torch raises TraceError, TypeError, RuntimeError, ...
             raise TraceError(
                 f"could not trace {type(model).__name__}: {type(e).__name__}: {e}\n"
-                f"  at {_user_frame(e)}\n"
-                "  fix: mark the module containing this code as a leaf "
-                "(trace(..., leaf_modules=[TheModuleType])), or pass concrete_args= "
-                "for arguments that steer Python control flow"
+                f"  at {_user_frame(e, tracer, model)}\n{TRACE_ADVICE}"
             ) from e
         root = tracer.root
     try:

@@ -177,6 +177,19 @@ TRACE_ADVICE = (
     "a leaf (leaf_modules=[TheModuleType]), which keeps it whole: nothing inside it is pruned")
 
 
+def _scrub_proxies(model: torch.nn.Module) -> None:
+    """Drop the proxies a forward stored in its module's state while being traced: a cache
+    filled during tracing (timm LeViT's ``attention_bias_cache``) would otherwise hand the
+    next trace a node of this graph, and keep the model pointing into it."""
+    for m in model.modules():
+        for name, value in list(vars(m).items()):
+            if isinstance(value, fx.Proxy):
+                delattr(m, name)
+            elif isinstance(value, dict) and name not in ("_parameters", "_buffers", "_modules"):
+                for k in [k for k, v in value.items() if isinstance(v, fx.Proxy)]:
+                    del value[k]
+
+
 @dataclass(frozen=True)
 class Traced:
     """A traced graph with shapes, before it is compiled into a GraphModule.
@@ -228,10 +241,12 @@ def trace_graph(
         try:
             graph = tracer.trace(model, concrete_args=concrete_args)
         except Exception as e:  # torch raises TraceError, TypeError, RuntimeError, ...
+            _scrub_proxies(model)
             raise TraceError(
                 f"could not trace {type(model).__name__}: {type(e).__name__}: {e}\n"
                 f"  at {_user_frame(e, tracer, model)}\n{TRACE_ADVICE}"
             ) from e
+        _scrub_proxies(model)
         root = tracer.root
     try:
         with torch.no_grad():

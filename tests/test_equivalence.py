@@ -31,6 +31,18 @@ TORCHVISION = {
 }
 
 
+# torchvision's video models at the smallest clips they accept: name -> input shape
+VIDEO = {"r3d_18": (1, 3, 4, 32, 32), "mc3_18": (1, 3, 4, 32, 32),
+         "r2plus1d_18": (1, 3, 4, 32, 32)}
+VIDEO_SLOW = {"s3d": (1, 3, 16, 224, 224), "swin3d_t": (1, 3, 8, 64, 64),
+              "mvit_v1_b": (1, 3, 16, 224, 224), "mvit_v2_s": (1, 3, 16, 224, 224)}
+
+
+def video_model(name: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return T.randomize_norms(getattr(tvm.video, name)(weights=None), seed).eval()
+
+
 def torchvision_model(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return T.randomize_norms(getattr(tvm, name)(weights=None, **TORCHVISION[name]), seed).eval()
@@ -74,15 +86,37 @@ def test_torchvision_dead_channels_224(name: str) -> None:
     _run_and_check(torchvision_model(name), torch.randn(1, 3, 224, 224), seed=1)
 
 
+def _video_input(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", sorted(VIDEO))
+def test_video_dead_channels(name: str) -> None:
+    """Conv3DSimple / Conv2Plus1D subclass nn.Conv3d outside torch.nn: leaves, not barriers."""
+    _run_and_check(video_model(name), _video_input(VIDEO[name]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(VIDEO_SLOW))
+def test_video_dead_channels_slow(name: str) -> None:
+    model, x = video_model(name), _video_input(VIDEO_SLOW[name])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(fxprune.prune(model, x, ratio=0.0).module(x), model(x))
+    _run_and_check(model, x)
+
+
 def _empty_plan(cg: fxprune.ChannelGraph) -> PruningPlan:
     sizes = {g.id: g.size for g in cg.groups}
     return PruningPlan(removed={}, group_sizes=sizes, signature=cg.signature)
 
 
-@pytest.mark.parametrize("name", sorted(T.TOY_MODELS) + ["resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("name", sorted(T.TOY_MODELS) + ["resnet18", "mobilenet_v2"] + sorted(VIDEO))
 def test_pruning_nothing_is_bit_identical(name: str) -> None:
     if name in T.TOY_MODELS:
         model, x = T.build(name), T.example_input(name)
+    elif name in VIDEO:
+        model, x = video_model(name), _video_input(VIDEO[name])
     else:
         model, x = torchvision_model(name), torch.randn(1, 3, 64, 64)
     with warnings.catch_warnings():

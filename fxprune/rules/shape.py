@@ -324,12 +324,12 @@ def _gather(ctx: RuleContext, x, y, idx: tuple) -> bool:
     p, index = nodes[0], ctx.ref(idx[nodes[0]])
     if index is None or not _integer_tensor(idx[p]) or p >= x.ndim:
         return False
-    ctx.freeze(x, p, "gathered by an index tensor")
-    ctx.freeze_all(index, "index tensor")
+    ctx.freeze(x, p, "gathered by an index tensor", "structural")
+    ctx.freeze_all(index, "index tensor", "structural")
     for k in range(p):
         ctx.couple(x, k, y, k)
     for k in range(index.ndim):
-        ctx.freeze(y, p + k, "gathered entries")
+        ctx.freeze(y, p + k, "gathered entries", "structural")
     for k in range(p + 1, x.ndim):
         ctx.couple(x, k, y, index.ndim + k - 1)
     return True

@@ -80,6 +80,7 @@ class _LeafTracer(fx.Tracer):
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
         self.failed_in: torch.nn.Module | None = None  # the innermost module whose trace raised
+        self.entered: list[torch.nn.Module] = []  # modules traced through (not leaves)
 
     def call_module(self, m: torch.nn.Module, forward, args, kwargs):
         try:
@@ -105,6 +106,12 @@ class _LeafTracer(fx.Tracer):
         return _InplaceProxy(node, self)
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        leaf = self._is_leaf(m, qualname)
+        if not leaf:
+            self.entered.append(m)  # its forward runs on proxies: see _scrub_proxies
+        return leaf
+
+    def _is_leaf(self, m: torch.nn.Module, qualname: str) -> bool:
         if isinstance(m, self._leaf_types) or qualname in self._leaf_names:
             return True
         if (type(m).__module__, type(m).__name__) in DEFAULT_LEAF_NAMES:
@@ -177,11 +184,12 @@ TRACE_ADVICE = (
     "a leaf (leaf_modules=[TheModuleType]), which keeps it whole: nothing inside it is pruned")
 
 
-def _scrub_proxies(model: torch.nn.Module) -> None:
+def _scrub_proxies(modules: Iterable[torch.nn.Module]) -> None:
     """Drop the proxies a forward stored in its module's state while being traced: a cache
     filled during tracing (timm LeViT's ``attention_bias_cache``) would otherwise hand the
-    next trace a node of this graph, and keep the model pointing into it."""
-    for m in model.modules():
+    next trace a node of this graph, and keep the model pointing into it. Only modules
+    traced through can have run such code (a leaf's forward never sees a proxy)."""
+    for m in modules:
         for name, value in list(vars(m).items()):
             if isinstance(value, fx.Proxy):
                 delattr(m, name)
@@ -241,12 +249,12 @@ def trace_graph(
         try:
             graph = tracer.trace(model, concrete_args=concrete_args)
         except Exception as e:  # torch raises TraceError, TypeError, RuntimeError, ...
-            _scrub_proxies(model)
+            _scrub_proxies([model, *tracer.entered])
             raise TraceError(
                 f"could not trace {type(model).__name__}: {type(e).__name__}: {e}\n"
                 f"  at {_user_frame(e, tracer, model)}\n{TRACE_ADVICE}"
             ) from e
-        _scrub_proxies(model)
+        _scrub_proxies([model, *tracer.entered])
         root = tracer.root
     try:
         with torch.no_grad():

@@ -411,10 +411,10 @@ class FunctionalLayers(nn.Module):
     F.batch_norm, F.group_norm, F.instance_norm, F.conv_transpose2d, F.linear, and a
     weight-standardised conv (StdConv) feeding a plain conv.
 
-    groups: c1.weight:0 (8: c1 out = bn = dw (depthwise, groups rewritten) = gn (4 groups
-    of 2 channels: units are whole groups)) ... each functional layer links its tensors
-    as its module form would; the StdConv's output channels are exact (its statistics are
-    per output filter), its input channels are marked mixing.
+    groups: c1.weight:0 (4 units: c1 out = bn = dw (depthwise: its groups are rewritten)
+    = gn, whose 4 groups of 2 channels are the units), ct.weight:1 (6: ct out = inorm =
+    std in: marked mixing, the StdConv statistics run over its inputs), std.weight:0 (10:
+    exact, the statistics are per output filter), c2.weight:0 (6).
     """
 
     def __init__(self) -> None:

@@ -8,7 +8,8 @@ core table:
   dim; with ``enable_gqa=True`` query head ``h`` shares key/value head
   ``h // (Hq / Hkv)``, so a unit is one whole KV group (its query heads, its
   key and value rows, its output-projection columns) and
-  ``num_key_value_groups`` stays valid. The repeat_kv form
+  ``num_key_value_groups`` stays valid (with one KV head, multi-query
+  attention, the query heads are the units and the KV head stays). The repeat_kv form
   (unsqueeze → expand → reshape) reaches the same units through the core
   expand/reshape rules: the merge ``(Hkv, n_rep) → Hq`` ties query head ``h``
   to KV head ``h // n_rep``. An attention mask or position bias broadcasts
@@ -50,6 +51,8 @@ def _couple_heads(ctx: RuleContext, q, k, v, y, gqa: bool) -> None:
     hq, hk = q.shape[-3], k.shape[-3]
     if hq == hk:
         ctx.couple(q, -3, k, -3)
+    elif gqa and hk == 1:
+        pass  # multi-query: every query head reads the one KV head; query heads stay free
     elif gqa and hk and hq % hk == 0:
         h = np.arange(hq)
         ctx.link(q, -3, h, k, -3, h // (hq // hk), "block")

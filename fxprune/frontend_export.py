@@ -137,8 +137,9 @@ def _export_error(model: torch.nn.Module, e: Exception) -> str:
 
 # ---- normalisation ------------------------------------------------------------
 
-_DROPOUTS = {aten.dropout.default: 2, aten.feature_dropout.default: 2,
-             aten.alpha_dropout.default: 2, aten.feature_alpha_dropout.default: 2}
+_DROPOUTS = {getattr(aten, n).default: 2 for n in (
+    "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "dropout_",
+    "feature_dropout_", "alpha_dropout_", "feature_alpha_dropout_") if hasattr(aten, n)}
 _ASSERTS = {getattr(aten, n).default for n in ("_assert_tensor_metadata",)
             if hasattr(aten, n)}
 

@@ -300,7 +300,8 @@ _ELEMENTWISE = [
     "clamp_", "clamp_min", "clamp_max", "maximum", "minimum", "masked_fill", "masked_fill_",
     "eq", "ne", "lt", "le", "gt", "ge", "logical_not", "logical_and", "logical_or",
     "bitwise_not", "bitwise_and", "bitwise_or", "type_as", "threshold",
-    "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "lerp",
+    "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "dropout_",
+    "feature_dropout_", "alpha_dropout_", "feature_alpha_dropout_", "lerp",
 ]
 
 _IDENTITY = ["clone", "_to_copy", "to", "contiguous", "alias", "detach", "detach_",

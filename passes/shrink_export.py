@@ -182,24 +182,32 @@ def fix_aten_constants(gm: fx.GraphModule, keep: Keep) -> None:
 
 
 def refresh_meta(gm: fx.GraphModule) -> None:
-    """Re-propagate ``tensor_meta`` (and the FakeTensor ``val``) of every node."""
+    """Re-propagate ``tensor_meta`` of every node (meta run) and rebuild the FakeTensor
+    ``val`` of every tensor node from it (same device and dtype as before)."""
     from fxprune.shapes import propagate_shapes
 
     inputs = [torch.empty(n.meta["tensor_meta"].shape, dtype=n.meta["tensor_meta"].dtype)
               for n in gm.graph.nodes if n.op == "placeholder" and "tensor_meta" in n.meta]
     propagate_shapes(gm, tuple(inputs))
     try:
-        from torch._subclasses.fake_tensor import FakeTensorMode
-        from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+        from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    except ImportError:
+        return
+    mode = FakeTensorMode()
+    for n in gm.graph.nodes:
+        old, meta = n.meta.get("val"), n.meta.get("tensor_meta")
+        if isinstance(old, (list, tuple)) and isinstance(meta, (list, tuple)):
+            n.meta["val"] = type(old)(_fake(mode, o, m) for o, m in zip(old, meta))
+        elif old is not None:
+            n.meta["val"] = _fake(mode, old, meta)
 
-        modes = [(m, m.training) for m in gm.modules()]
-        gm.eval()  # eval mode: no running-stat update on the real buffers
-        try:
-            mode = FakeTensorMode(allow_non_fake_inputs=True)
-            FakeTensorProp(gm, mode).propagate(*[mode.from_tensor(t) for t in inputs])
-        finally:
-            for m, flag in modes:
-                m.training = flag
-    except Exception:  # a stale FakeTensor would mislead; better none
-        for n in gm.graph.nodes:
-            n.meta.pop("val", None)
+
+def _fake(mode, old, meta):
+    """A FakeTensor like ``old`` with the shape and strides of ``meta`` (anything else as is)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if not isinstance(old, FakeTensor) or not isinstance(meta, TensorMetadata):
+        return old
+    with mode:
+        return torch.empty_strided(tuple(meta.shape), tuple(meta.stride), dtype=meta.dtype,
+                                   device=old.device)

@@ -175,7 +175,7 @@ def summary(name: str, ratio: float = 0.5) -> dict:
             "dead_channel_diff": fxprune.verify(model, dead, x), "analyze_s": seconds}
 
 
-if __name__ == "__main__":  # python tests/hf_models.py [name ...]: the table of the report
+if __name__ == "__main__":  # PYTHONPATH=. python tests/hf_models.py [name ...]: the report table
     import sys
 
     print("| model | groups (mixing) | frozen | MMACs | pruned (ratio 0.5) | params | pruned | "

@@ -115,6 +115,7 @@ def prune(
     leaf_modules: Sequence = (),
     concrete_args: dict | None = None,
     check: bool = True,
+    frontend: str = "auto",
     **criterion_kwargs: Any,
 ) -> PruneResult:
     """Score units with ``criterion``, pick the least important, shrink, check.
@@ -135,18 +136,20 @@ def prune(
     exact groups (one extra shrink). Criteria that re-fit weights (ThiNet, LASSO)
     are checked on the rewrite before the re-fit. ``check=False`` skips it (for
     pruning large models in a loop); ``result.oracle_diff`` holds what was measured.
+    ``frontend``: "fx", "export" or "auto" (recorded in the plan; see frontend_export.py).
     """
     _check_arguments(criterion, criterion_kwargs, ratio, round_to,
                      {"global_ranking": global_ranking, "check": check})
     ignore, leaf_modules = as_items(ignore, "ignore"), as_items(leaf_modules, "leaf_modules")
     cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules,
-                 concrete_args=concrete_args)
+                 concrete_args=concrete_args, frontend=frontend)
     out = _scores(cg, model, criterion, calibration, criterion_kwargs, example_inputs)
     blocks = as_items(out.removed_blocks, "removed_blocks")
     if blocks:  # depth pruning (SSS): delete branches, re-analyse the smaller graph
         cg = _drop_blocks(model, example_inputs, blocks, ignore, leaf_modules, concrete_args)
     settings = {"ratio": ratio if not isinstance(ratio, Mapping) else dict(ratio),
                 "global_ranking": global_ranking, "round_to": round_to,
+                "frontend": cg.frontend,  # replay uses the same frontend
                 **{k: v for k, v in criterion_kwargs.items() if isinstance(v, (int, float, str, bool))}}
     if out.removed is not None:
         removed = out.removed
@@ -222,24 +225,26 @@ def _retrace(gm: fx.GraphModule, example_inputs: Any) -> fx.GraphModule:
 
 def apply_plan(model: torch.nn.Module, example_inputs: Any, plan: PruningPlan, *,
                ignore: Iterable = (), leaf_modules: Sequence = ()) -> PruneResult:
-    """Replay a saved plan on a fresh model of the same architecture."""
+    """Replay a saved plan on a fresh model of the same architecture (with the frontend
+    the plan records; plans without a record were made by the fx frontend)."""
     ignore, leaf_modules = as_items(ignore, "ignore"), as_items(leaf_modules, "leaf_modules")
     blocks = as_items(plan.removed_blocks, "plan.removed_blocks")
     if blocks:  # depth pruning hook
         cg = _drop_blocks(model, example_inputs, blocks, ignore, leaf_modules)
     else:
-        cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, warn=False)
+        cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, warn=False,
+                     frontend=plan.settings.get("frontend", "fx"))
     return PruneResult(_shrink(cg, plan), plan, cg, example_inputs)
 
 
 def dead_channel_plan(model: torch.nn.Module, example_inputs: Any, fraction: float = 0.5, seed: int = 0,
                       *, ignore: Iterable = (), exact_only: bool = True, leaf_modules: Sequence = (),
-                      concrete_args: dict | None = None) -> PruneResult:
+                      concrete_args: dict | None = None, frontend: str = "auto") -> PruneResult:
     """Prune a random ``fraction`` of units in every group (exact groups only by
     default): pair with verify() for the dead-channel equivalence test."""
     ignore, leaf_modules = as_items(ignore, "ignore"), as_items(leaf_modules, "leaf_modules")
     cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules,
-                 concrete_args=concrete_args, warn=False)
+                 concrete_args=concrete_args, warn=False, frontend=frontend)
     rng = np.random.default_rng(seed)
     removed = {}
     for g in cg.groups:
@@ -248,5 +253,6 @@ def dead_channel_plan(model: torch.nn.Module, example_inputs: Any, fraction: flo
         n = min(g.size - 1, int(round(g.size * fraction)))
         if n > 0:
             removed[g.id] = sorted(rng.choice(g.size, n, replace=False).tolist())
-    plan = make_plan(cg, removed, "dead-channel", {"fraction": fraction, "seed": seed})
+    plan = make_plan(cg, removed, "dead-channel", {"fraction": fraction, "seed": seed,
+                                                       "frontend": cg.frontend})
     return PruneResult(_shrink(cg, plan), plan, cg, example_inputs)

@@ -306,3 +306,19 @@ def test_inspect_says_which_frontend(capsys) -> None:
 
     assert cli.main(["inspect", "resnet18", "--input-shape", "1,3,32,32"]) == 0
     assert "frontend fx: auto: symbolic torch.fx traced" in capsys.readouterr().out
+
+
+def test_saved_export_result_loads_back(tmp_path) -> None:
+    from fxprune import io
+
+    torch.manual_seed(0)
+    model = SamePad().eval()
+    res = fxprune.prune(model, X, 0.5)  # auto -> export: the plan records it
+    assert res.plan.settings["frontend"] == "export"
+    with torch.no_grad():  # the trained weights: the loaded module must carry them
+        res.module.get_parameter("fc.weight").mul_(2)
+    io.save(tmp_path / "m", res, example_inputs=(X,))
+    back = io.load(tmp_path / "m", lambda: SamePad())
+    assert back.graph.frontend == "export"
+    with torch.no_grad():
+        assert torch.equal(back.module.eval()(X), res.module.eval()(X))

@@ -190,7 +190,7 @@ def refresh_meta(gm: fx.GraphModule) -> None:
               for n in gm.graph.nodes if n.op == "placeholder" and "tensor_meta" in n.meta]
     propagate_shapes(gm, tuple(inputs))
     try:
-        from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+        from torch._subclasses.fake_tensor import FakeTensorMode
     except ImportError:
         return
     mode = FakeTensorMode()

@@ -126,14 +126,22 @@ def _barrier(space, node, refs, module, why: str) -> None:
 
 def resolve_ignore(model: torch.nn.Module, ignore: Iterable) -> set[str]:
     """Qualified parameter names of the ignored modules / parameters / names."""
-    ignore = list(ignore or ())
+    from .arguments import as_items
+
+    ignore = list(as_items(ignore, "ignore"))
     if not ignore:
         return set()
     module_name: dict[int, str] = {}
     for n, m in model.named_modules(remove_duplicate=False):
         module_name.setdefault(id(m), n)
-    params = list(model.named_parameters())
-    param_name = {id(p): n for n, p in params}
+    # every name of every tensor: a tied parameter (an LM head sharing the embedding) is
+    # ignored under whichever of its names the analysis calls it
+    params = list(model.named_parameters(remove_duplicate=False))
+    param_name: dict[int, str] = {}
+    aliases: dict[int, set[str]] = {}
+    for n, p in params:
+        param_name.setdefault(id(p), n)
+        aliases.setdefault(id(p), set()).add(n)
     out: set[str] = set()
     for item in ignore:
         if isinstance(item, torch.nn.Module):
@@ -144,7 +152,7 @@ def resolve_ignore(model: torch.nn.Module, ignore: Iterable) -> set[str]:
             if id(item) not in param_name:
                 raise FxPruneError(f"ignore: a parameter of shape {tuple(item.shape)} is not part of "
                                    "the model; pass the module or its qualified name")
-            out.add(param_name[id(item)])
+            out |= aliases[id(item)]
             continue
         elif isinstance(item, str):
             if item not in set(module_name.values()) and item not in param_name.values():
@@ -152,7 +160,9 @@ def resolve_ignore(model: torch.nn.Module, ignore: Iterable) -> set[str]:
             prefix = item
         else:
             raise FxPruneError(f"ignore: entries must be modules or names, got {type(item).__name__}")
-        out.update(pn for pn, _ in params if pn == prefix or pn.startswith(prefix + ".") or not prefix)
+        for pn, p in params:
+            if pn == prefix or pn.startswith(prefix + ".") or not prefix:
+                out |= aliases[id(p)]
     return out
 
 

@@ -78,3 +78,15 @@ def test_tie_survives_training_step() -> None:
     m(torch.randint(0, 20, (2, 5))).sum().backward()
     opt.step()
     assert torch.equal(m.get_submodule("out").weight, m.get_submodule("emb").weight)
+
+
+@pytest.mark.parametrize("cls", [TiedByModule, OutFirst])
+def test_ignoring_the_tied_head_freezes_the_shared_dim(cls) -> None:
+    """``ignore=[model.out]`` on a tied head must freeze the embedding dim whichever name the
+    analysis gives the shared Parameter (GPT-2's lm_head is wte's weight)."""
+    model = cls().eval()
+    tokens = torch.randint(0, 20, (2, 5))
+    cg = fxprune.analyze(model, tokens, ignore=[model.out])
+    ids = {g.id for g in cg.groups}
+    assert not any(m.key.endswith("emb.weight") or m.key.endswith("out.weight")
+                   for g in cg.groups for m in g.params()), ids

@@ -34,7 +34,7 @@ import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 
-from .errors import TraceError
+from .errors import InputMismatchError, TraceError
 from .shapes import propagate_shapes
 from .trace import Traced, as_tuple, trace_graph
 
@@ -318,6 +318,14 @@ def trace_frontend(model: torch.nn.Module, example_inputs: Any, frontend: str = 
     try:
         return _fx(model, example_inputs, leaf_modules, concrete_args,
                    "auto: symbolic torch.fx traced the model")
+    except InputMismatchError as mismatch:
+        # the shape run failed: inputs that do not fit fail export the same way, and then the
+        # one-line mismatch is the message; arguments fx could not reach may still export
+        try:
+            return export_graph(model, example_inputs,
+                                reason=f"auto: symbolic torch.fx failed ({_first_line(mismatch)})")
+        except TraceError:
+            raise mismatch from None
     except TraceError as fx_error:
         return _export_after(model, example_inputs, fx_error)
 

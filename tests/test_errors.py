@@ -312,9 +312,11 @@ def test_keyword_only_tensor_argument_is_named() -> None:
 @pytest.mark.parametrize("model", [DefaultMask(), FlagControlled()], ids=["mask", "flag"])
 def test_steering_default_says_concrete_args(model) -> None:
     name, value = ("mask", None) if isinstance(model, DefaultMask) else ("flip", False)
-    _run_and_check(lambda: fxprune.prune(model, X), TraceError,
+    _run_and_check(lambda: fxprune.prune(model, X, frontend="fx"), TraceError,
                    f"concrete_args={{{name!r}: {value!r}}}")
     assert fxprune.prune(model, X, concrete_args={name: value}).plan.num_removed > 0
+    auto = fxprune.prune(model, X)  # the default frontend captures it with torch.export
+    assert auto.graph.frontend == "export" and auto.plan.num_removed > 0
 
 
 # --- example_inputs that do not fit ---

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fxprune  # noqa: E402
 from realworld_models import Built, entry  # noqa: E402
 
-__all__ = ["measure", "frontend_kwargs", "output_structure", "main"]
+__all__ = ["measure", "frontend_kwargs", "output_structure", "count_both", "graph_summary", "main"]
 
 RATIO = 0.5
 
@@ -145,7 +145,8 @@ def _macs(module: nn.Module, inputs: tuple) -> tuple[int, str]:
         return int(counter.get_total_flops() // 2), "flop_counter"
 
 
-def _count(model: nn.Module, pruned: nn.Module, inputs: tuple) -> dict[str, Any]:
+def count_both(model: nn.Module, pruned: nn.Module, inputs: tuple) -> dict[str, Any]:
+    """MACs and params before/after, counted the same way for both."""
     macs_b, how_b = _macs(model, inputs)
     macs_a, how_a = _macs(pruned, inputs)
     if how_a != how_b:  # one method for both, so that the ratio means something
@@ -242,7 +243,7 @@ def measure(name: str, out: Path, skip_tp: bool = False, frontend: str | None = 
     b = state.get("b")
     if pruned:
         pm = state["res"].module
-        r.stage("count", lambda: _count(b.model, pm, b.inputs))
+        r.stage("count", lambda: count_both(b.model, pm, b.inputs))
         r.rec["ok"] = r.stage("run", lambda: _runs(b.model, pm, b.inputs))
         state.pop("res")
         r.stage("equiv", lambda: _equiv(b.model, b, kw))

@@ -32,6 +32,7 @@ WORKER = HERE / "realworld_worker.py"
 OUT = HERE / "results" / "realworld.json"
 STAGES = ("build", "prune", "analyze", "count", "run", "equiv")
 MACS_TARGET, SHARE_TARGET = 0.30, 0.95
+EXPORT_TOO = "torch.export failed too:"  # frontend="auto": fx failed, then export (api.py)
 _LIVE: set[subprocess.Popen] = set()
 
 
@@ -85,7 +86,10 @@ def first_error(rec: dict[str, Any]) -> tuple[str, str]:
     errors = rec.get("errors", {})
     for stage in STAGES:
         if stage in errors:
-            return stage, errors[stage]["error"]
+            err = errors[stage]
+            also = next((ln.strip() for ln in err.get("message", "").splitlines()
+                         if ln.strip().startswith(EXPORT_TOO)), "")
+            return stage, err["error"] + (f" [{also}]" if also else "")
     return "", ""
 
 
@@ -107,18 +111,29 @@ def verdict(rec: dict[str, Any]) -> str:
 
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|\b\d+\b|0x[0-9a-f]+")
+_MODEL = re.compile(r"(could not trace|the exported graph of|torch.export could not capture) \w+")
+
+
+def _normalise(message: str) -> str:
+    """First sentence, names and numbers blanked."""
+    message = _MODEL.sub(r"\1 <model>", message).split(". ")[0]
+    return _QUOTED.sub("…", message)[:200]
 
 
 def failure_class(rec: dict[str, Any]) -> str:
-    """The verdict with names and numbers blanked, so that alike failures group together."""
+    """The verdict with names and numbers blanked, so that alike failures group together;
+    where fx and export both failed (frontend="auto") the export error names the class."""
     v = verdict(rec)
     if v.startswith("low:"):
         reasons = rec.get("barrier_reasons") or []
         return "low MACs: " + (reasons[0][0] if reasons else "groups frozen without a barrier")
     if v.startswith("equiv: max diff"):
         return "equiv: differs from the dead-unit oracle"
-    v = re.sub(r"could not trace \w+", "could not trace <model>", v)
-    return _QUOTED.sub("…", v)[:160]
+    stage, _, err = v.partition(": ")
+    if f"[{EXPORT_TOO}" in err:
+        return f"{stage}: fx and export fail; export: " + _normalise(
+            err.split(f"[{EXPORT_TOO}", 1)[1].rstrip("]").strip())
+    return f"{stage}: " + _normalise(err)
 
 
 # --- report --------------------------------------------------------------------

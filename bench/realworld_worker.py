@@ -59,6 +59,11 @@ def frontend_used(cg: Any, asked: dict[str, str]) -> str:
     return asked.get("frontend", "fx")
 
 
+def frontend_reason(cg: Any) -> str:
+    """Why ``auto`` picked that frontend, where the analysis says."""
+    return str(getattr(cg, "frontend_reason", "") or "")[:300]
+
+
 def error_record(e: BaseException) -> dict[str, str]:
     """Exception class + first line of its message, and the traceback's tail."""
     message = "".join(traceback.format_exception_only(type(e), e)).strip()
@@ -204,11 +209,12 @@ def _prune_stages(r: Recorder, b: Built, kw: dict, state: dict) -> bool:
         res = fxprune.prune(b.model, b.inputs, ratio=RATIO, criterion="l1", ignore=b.head, **kw)
         state["res"] = res
         return {"prune_s": time.perf_counter() - t0, "frontend_used": frontend_used(res.graph, kw),
-                **graph_summary(res.graph)}
+                "frontend_reason": frontend_reason(res.graph), **graph_summary(res.graph)}
 
     def analyze() -> dict:  # the prune failed: what the analysis alone sees
         cg = fxprune.analyze(b.model, b.inputs, ignore=b.head, warn=False, **kw)
-        return {"frontend_used": frontend_used(cg, kw), **graph_summary(cg)}
+        return {"frontend_used": frontend_used(cg, kw), "frontend_reason": frontend_reason(cg),
+                **graph_summary(cg)}
 
     if r.stage("prune", prune):
         return True

@@ -4,6 +4,7 @@ classification) at ratio 0.5 and check the issue-11 targets.
     python bench/realworld.py --skip-tp                   # the whole suite, one model at a time
     python bench/realworld.py --family hf,yolo --timeout 180
     python bench/realworld.py --models timm/resnet10t,hf/llama_gqa --frontend export
+    python bench/realworld.py --family timm --every 4     # every 4th timm family: a sample
     python bench/realworld.py --report-only               # re-print from the JSON
 
 The list lives in ``bench/realworld_models.py``; each model runs in its own
@@ -234,7 +235,7 @@ def select(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[st
         fams = tuple(f.strip() for f in args.family.split(","))
         names = [n for n in names if n.split("/")[0] in fams or
                  any(n.startswith(f"{f}/") for f in fams)]
-    return names
+    return names[::args.every]
 
 
 def run_all(names: list[str], args: argparse.Namespace, data: dict[str, Any]) -> None:
@@ -265,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="", help="comma-separated: timm, hf, yolo, tv")
     p.add_argument("--models", default="", help="comma-separated suite names (timm/NAME, hf/...)")
+    p.add_argument("--every", type=int, default=1,
+                   help="keep every Nth model of the selection (a sample on a busy machine)")
     p.add_argument("--timeout", type=float, default=180, help="seconds per model")
     p.add_argument("--jobs", type=int, default=1, help="models in parallel")
     p.add_argument("--skip-tp", action="store_true", help="skip the Torch-Pruning comparison")

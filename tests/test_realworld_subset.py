@@ -164,6 +164,8 @@ def test_report_verdicts() -> None:
     err = lambda m: {"model": m, "ok": False, "errors": {"prune": {  # noqa: E731
         "error": f"TraceError: could not trace {m}: Proxy object cannot be iterated"}}}
     assert verdict(good) == "pass"
+    assert verdict({**good, "equiv_pass": False, "equiv_groups": 0, "equiv_diff": 0.0}) == "pass"
+    assert verdict({**good, "equiv_pass": False, "equiv_diff": 0.3}).startswith("equiv: max diff")
     assert verdict(low).startswith("low: 5% MACs removed")
     assert failure_class(low) == "low MACs: no rule for X"
     assert failure_class(err("SSD")) == failure_class(err("DetectionModel"))

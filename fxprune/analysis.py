@@ -164,14 +164,25 @@ def analyze(
     leaf_modules: Sequence = (),
     concrete_args: dict | None = None,
     warn: bool = True,
+    frontend: str = "auto",
 ) -> ChannelGraph:
-    """Trace ``model`` and find its pruning groups. Never mutates the model."""
+    """Trace ``model`` and find its pruning groups. Never mutates the model.
+
+    ``frontend``: "fx" (symbolic torch.fx), "export" (torch.export, ATen ops) or
+    "auto" (fx where it traces without avoidable barriers; see frontend_export.py)."""
     ignored = resolve_ignore(model, ignore)
-    traced = trace_graph(model, example_inputs, leaf_modules=leaf_modules,
-                         concrete_args=concrete_args)
-    space, aliases = apply_rules(traced)
-    groups, frozen = find_groups(space, ignored)
-    cg = ChannelGraph(traced, tuple(groups), tuple(frozen), tensor_names=aliases, space=space)
+
+    def analyse(traced: Traced) -> ChannelGraph:
+        space, aliases = apply_rules(traced)
+        groups, frozen = find_groups(space, ignored)
+        return ChannelGraph(traced, tuple(groups), tuple(frozen), tensor_names=aliases, space=space)
+
+    if frontend == "fx":
+        cg = analyse(trace_graph(model, example_inputs, leaf_modules=leaf_modules,
+                                 concrete_args=concrete_args))
+    else:  # --- frontend dispatch (frontend_export.py) ---
+        from .frontend_export import analyze_frontend
+        cg = analyze_frontend(model, example_inputs, frontend, leaf_modules, concrete_args, analyse)
     if warn:
         _warn_barriers(cg)
     return cg

@@ -66,6 +66,7 @@ def prune(
     calibration: Iterable | None = None,
     leaf_modules: Sequence = (),
     concrete_args: dict | None = None,
+    frontend: str = "auto",
     **criterion_kwargs: Any,
 ) -> PruneResult:
     """Score units with ``criterion``, pick the least important, shrink.
@@ -74,19 +75,21 @@ def prune(
     ratios), or the global fraction with ``global_ranking=True``.
     ``target_macs``/``target_params``: keep at most this fraction of the
     original MACs/params (global ranking, bisection on the ratio, within 2%).
+    ``frontend``: "fx", "export" or "auto" (recorded in the plan; see frontend_export.py).
     """
     if not isinstance(ratio, Mapping):
         check_ratio(ratio)
     if round_to < 1:
         raise ValueError(f"round_to must be >= 1, got {round_to}")
     cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules,
-                 concrete_args=concrete_args)
+                 concrete_args=concrete_args, frontend=frontend)
     out = _scores(cg, model, criterion, calibration, criterion_kwargs)
     if out.removed_blocks:  # depth pruning (SSS): delete branches, re-analyse the smaller graph
         cg = _drop_blocks(model, example_inputs, out.removed_blocks, ignore, leaf_modules,
                           concrete_args)
     settings = {"ratio": ratio if not isinstance(ratio, Mapping) else dict(ratio),
                 "global_ranking": global_ranking, "round_to": round_to,
+                "frontend": cg.frontend,  # replay uses the same frontend
                 **{k: v for k, v in criterion_kwargs.items() if isinstance(v, (int, float, str, bool))}}
     if out.removed is not None:
         removed = out.removed
@@ -149,21 +152,23 @@ def _retrace(gm: fx.GraphModule, example_inputs: Any) -> fx.GraphModule:
 
 def apply_plan(model: torch.nn.Module, example_inputs: Any, plan: PruningPlan, *,
                ignore: Iterable = (), leaf_modules: Sequence = ()) -> PruneResult:
-    """Replay a saved plan on a fresh model of the same architecture."""
+    """Replay a saved plan on a fresh model of the same architecture (with the frontend
+    the plan records; plans without a record were made by the fx frontend)."""
     if plan.removed_blocks:  # depth pruning hook
         cg = _drop_blocks(model, example_inputs, plan.removed_blocks, ignore, leaf_modules)
     else:
-        cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, warn=False)
+        cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, warn=False,
+                     frontend=plan.settings.get("frontend", "fx"))
     return PruneResult(_shrink(cg, plan), plan, cg, example_inputs)
 
 
 def dead_channel_plan(model: torch.nn.Module, example_inputs: Any, fraction: float = 0.5, seed: int = 0,
                       *, ignore: Iterable = (), exact_only: bool = True, leaf_modules: Sequence = (),
-                      concrete_args: dict | None = None) -> PruneResult:
+                      concrete_args: dict | None = None, frontend: str = "auto") -> PruneResult:
     """Prune a random ``fraction`` of units in every group (exact groups only by
     default): pair with verify() for the dead-channel equivalence test."""
     cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules,
-                 concrete_args=concrete_args, warn=False)
+                 concrete_args=concrete_args, warn=False, frontend=frontend)
     rng = np.random.default_rng(seed)
     removed = {}
     for g in cg.groups:
@@ -172,5 +177,6 @@ def dead_channel_plan(model: torch.nn.Module, example_inputs: Any, fraction: flo
         n = min(g.size - 1, int(round(g.size * fraction)))
         if n > 0:
             removed[g.id] = sorted(rng.choice(g.size, n, replace=False).tolist())
-    plan = make_plan(cg, removed, "dead-channel", {"fraction": fraction, "seed": seed})
+    plan = make_plan(cg, removed, "dead-channel", {"fraction": fraction, "seed": seed,
+                                                       "frontend": cg.frontend})
     return PruneResult(_shrink(cg, plan), plan, cg, example_inputs)

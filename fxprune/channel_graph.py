@@ -133,6 +133,16 @@ class ChannelGraph:
     tensor_names: dict = field(repr=False, default_factory=dict)  # "p:x" -> all aliases of x
     space: ElementSpace = field(repr=False, compare=False, default_factory=ElementSpace)
 
+    # --- frontend record (frontend_export.py) ---
+    @property
+    def frontend(self) -> str:
+        """"fx" or "export": the frontend that made the graph."""
+        return getattr(self.traced, "frontend", "fx")
+
+    @property
+    def frontend_reason(self) -> str:
+        return getattr(self.traced, "frontend_reason", "")
+
     @cached_property
     def dim_sizes(self) -> dict[tuple[str, int], int]:
         """(tensor key, dim) -> length, for every dim of the graph."""

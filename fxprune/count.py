@@ -68,8 +68,31 @@ def _module_macs(m: nn.Module, node: fx.Node) -> int:
     return 0
 
 
+def _aten_macs(node: fx.Node) -> int:
+    """ATen ops of torch.export graphs (same convention as the module rules)."""
+    name = node.target.overloadpacket.__name__.rsplit(".", 1)[-1]
+    out = _shape(node)
+    if name in ("conv1d", "conv2d", "conv3d") or (name == "convolution" and not node.args[6]):
+        return _conv_macs(out, _shape(node.args[1]))
+    if name.startswith("conv_transpose") or name == "convolution":
+        return math.prod(_shape(node.args[0])) * math.prod(_shape(node.args[1])[1:])
+    if name == "linear":
+        return math.prod(out) * _shape(node.args[1])[-1]
+    if name in ("addmm", "baddbmm"):
+        return math.prod(out) * _shape(node.args[1])[-1]
+    if name in ("mm", "bmm", "matmul"):
+        a = _shape(node.args[0])
+        return math.prod(out) * (a[-1] if a else 1)
+    if name == "scaled_dot_product_attention":  # q·kᵀ and attn·v
+        q, k = _shape(node.args[0]), _shape(node.args[1])
+        return math.prod(q[:-1]) * k[-2] * (q[-1] + out[-1])
+    return 0
+
+
 def _function_macs(node: fx.Node) -> int:
     t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        return _aten_macs(node)
     name = node.target if node.op == "call_method" else getattr(t, "__name__", "")
     out = _shape(node)
     if t in (F.linear,) and len(node.args) > 1:

@@ -113,6 +113,9 @@ class Traced:
     root: torch.nn.Module
     graph: fx.Graph
     name: str
+    # --- frontend record (frontend_export.py): which frontend made the graph, and why ---
+    frontend: str = "fx"
+    frontend_reason: str = ""
 
     def module(self) -> fx.GraphModule:
         return fx.GraphModule(self.root, self.graph, self.name)
@@ -124,12 +127,18 @@ def trace(
     *,
     leaf_modules: Sequence = (),
     concrete_args: dict[str, Any] | None = None,
+    frontend: str = "auto",
 ) -> fx.GraphModule:
     """Trace ``model`` symbolically and attach shape metadata to every node.
 
     Raises TraceError naming the Python line that could not be traced and what
     to do about it (mark the module as a leaf, or pass ``concrete_args``).
+    ``frontend``: "fx", "export" (torch.export, ATen ops) or "auto" (fx if it traces).
     """
+    if frontend != "fx":  # --- frontend dispatch (frontend_export.py) ---
+        from .frontend_export import trace_frontend
+        return trace_frontend(model, example_inputs, frontend, leaf_modules=leaf_modules,
+                              concrete_args=concrete_args).module()
     return trace_graph(model, example_inputs, leaf_modules=leaf_modules,
                        concrete_args=concrete_args).module()
 

@@ -19,6 +19,7 @@ from fxprune.plan import PruningPlan
 from fxprune.rewrite import finish, replace_tensor, select
 
 from .shrink_constants import fix_constants
+from .shrink_export import fix_aten_constants, refresh_meta
 from .shrink_modules import update_modules
 
 __all__ = ["shrink", "kept_indices"]
@@ -49,5 +50,11 @@ def shrink(cg: ChannelGraph, plan: PruningPlan) -> fx.GraphModule:
             old = gm.get_parameter(names[0]) if key[0] == "p" else gm.get_buffer(names[0])
             replace_tensor(gm, names, select(old, dims))
     update_modules(gm, cg, keep)
+    exported = cg.frontend == "export"  # --- ATen size literals and metadata (shrink_export.py) ---
+    if exported:
+        fix_aten_constants(gm, keep)
     fix_constants(gm, cg, keep)
-    return finish(gm)
+    gm = finish(gm)
+    if exported:
+        refresh_meta(gm)
+    return gm

@@ -164,6 +164,9 @@ def rule_for(op: str, target, module: nn.Module | None) -> Rule | None:
                 return MODULE_RULES[cls] if same_forward else None
         return _named(type(module))
     if op == "call_function":
+        if isinstance(target, torch._ops.OpOverload):  # --- ATen ops (torch.export): rules/aten.py ---
+            from .aten import aten_rule
+            return aten_rule(target)
         return FUNCTION_RULES.get(target) or _named(target)
     if op == "call_method":
         return METHOD_RULES.get(target)

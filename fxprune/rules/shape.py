@@ -52,7 +52,15 @@ def reshape_blocks(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[in
     return blocks
 
 
-_MOVERS = {"permute", "transpose", "contiguous", "clone", "to", "float", "half", "detach"}
+_MOVERS = {"permute", "transpose", "contiguous", "clone", "to", "float", "half", "detach",
+           "_to_copy", "alias"}
+
+
+def _op_name(node: fx.Node) -> str:
+    """The op's name: a method name, a function name, or an ATen op's without overload."""
+    if node.op == "call_method":
+        return node.target
+    return getattr(node.target, "__name__", "").split(".")[0]  # aten: "transpose.int"
 
 
 def _fate(node: fx.Node, dim: int, depth: int = 8) -> str:
@@ -64,7 +72,7 @@ def _fate(node: fx.Node, dim: int, depth: int = 8) -> str:
         return "other"
     fates = []
     for user in node.users:
-        name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
+        name = _op_name(user)
         if name in ("permute", "transpose", "swapaxes", "swapdims"):
             shape = user.meta.get("tensor_meta")
             if shape is None:
@@ -80,7 +88,7 @@ def _fate(node: fx.Node, dim: int, depth: int = 8) -> str:
             idx = user.args[1]
             idx = idx if isinstance(idx, tuple) else (idx,)
             fates.append("indexed" if dim < len(idx) and isinstance(idx[dim], int) else "other")
-        elif name in ("view", "reshape", "flatten"):
+        elif name in ("view", "reshape", "flatten", "_unsafe_view"):
             meta = user.meta.get("tensor_meta")
             if meta is None:
                 continue
@@ -106,7 +114,7 @@ def _perm_of(node: fx.Node, ndim: int) -> list[int]:
     from .base import concrete
 
     args = [concrete(a) for a in node.args[1:]]
-    name = node.target if node.op == "call_method" else node.target.__name__
+    name = _op_name(node)
     if name in ("transpose", "swapaxes", "swapdims"):
         d0 = norm_dim(args[0] if args else node.kwargs["dim0"], ndim)
         d1 = norm_dim(args[1] if len(args) > 1 else node.kwargs["dim1"], ndim)

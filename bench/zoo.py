@@ -1,6 +1,6 @@
-"""Prune every torchvision classification model and check the product targets.
+"""Prune every torchvision classification and video model and check the product targets.
 
-    python bench/zoo.py                                  # all 80 models, one at a time
+    python bench/zoo.py                                  # all 80 + 9 video models, one at a time
     python bench/zoo.py --models resnet18,vit_b_16 --skip-tp
     python bench/zoo.py --resume                         # skip models already done
     python bench/zoo.py --report-only                    # re-print the table from the JSON
@@ -41,7 +41,8 @@ _LIVE: set[subprocess.Popen] = set()  # running workers, killed on Ctrl-C
 def all_models() -> list[str]:
     import torchvision
 
-    return torchvision.models.list_models(module=torchvision.models)
+    return (torchvision.models.list_models(module=torchvision.models)
+            + torchvision.models.list_models(module=torchvision.models.video))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -152,7 +153,7 @@ def run_all(names: list[str], args: argparse.Namespace, data: dict[str, Any]) ->
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="", help="comma-separated names (default: all 80)")
+    p.add_argument("--models", default="", help="comma-separated names (default: all 80 classification + 9 video)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per model")
     p.add_argument("--jobs", type=int, default=1, help="models in parallel")
     p.add_argument("--out", type=Path, default=HERE / "results" / "zoo.json")
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         known = all_models()
         names = [n.strip() for n in args.models.split(",") if n.strip()] or known
         if unknown := sorted(set(names) - set(known)):
-            p.error(f"--models: not a torchvision classification model: {', '.join(unknown)}")
+            p.error(f"--models: not a torchvision classification or video model: {', '.join(unknown)}")
         if args.resume:
             names = [n for n in names if data["models"].get(n, {}).get("stage") != "done"]
         data["meta"] = {"argv": sys.argv[1:], "python": sys.version.split()[0]}

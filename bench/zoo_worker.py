@@ -1,4 +1,5 @@
-"""Measure fxprune on one torchvision model; run as a subprocess by ``bench/zoo.py``.
+"""Measure fxprune on one torchvision model (classification or video); run as a subprocess
+by ``bench/zoo.py``.
 
     python bench/zoo_worker.py resnet18 --out /tmp/resnet18.json [--repeats 3] [--skip-tp]
 
@@ -35,8 +36,9 @@ __all__ = ["classifier_of", "input_size", "build", "measure", "main"]
 
 # Transformers: LayerNorm groups mix channels, so only their exact groups are
 # checked by the dead-channel oracle. Everything else counts as a CNN.
-TRANSFORMER_PREFIXES = ("vit_", "swin_", "maxvit_")
+TRANSFORMER_PREFIXES = ("vit_", "swin_", "maxvit_", "mvit_", "swin3d_")
 EQUIV_TOL = 1e-5
+VIDEO_FRAMES = 16  # the clip length torchvision's video weights use (MViT needs exactly 16)
 
 
 def classifier_of(model: nn.Module) -> tuple[str, nn.Module]:
@@ -46,17 +48,18 @@ def classifier_of(model: nn.Module) -> tuple[str, nn.Module]:
     and takes the last Linear inside a container head; otherwise the last Linear
     in the model, or the last Conv2d for all-conv nets such as SqueezeNet.
     """
+    kinds = (nn.Linear, nn.Conv2d, nn.Conv3d)  # S3D's classifier is a 1x1x1 Conv3d
     for attr in ("fc", "classifier", "heads", "head"):
         head = getattr(model, attr, None)
         if not isinstance(head, nn.Module):
             continue
-        for kind in (nn.Linear, nn.Conv2d):
+        for kind in kinds:
             if isinstance(head, kind):
                 return attr, head
             inner = [(n, m) for n, m in head.named_modules() if isinstance(m, kind)]
             if inner:
                 return f"{attr}.{inner[-1][0]}", inner[-1][1]
-    for kind in (nn.Linear, nn.Conv2d):
+    for kind in kinds:
         found = [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]
         if found:
             return found[-1]
@@ -79,8 +82,12 @@ def input_size(name: str, model: nn.Module) -> int:
     return int(crop[0])
 
 
+def is_video(name: str) -> bool:
+    return name in torchvision.models.list_models(module=torchvision.models.video)
+
+
 def build(name: str, size: int | None = None) -> tuple[nn.Module, torch.Tensor]:
-    """Random-init model in eval mode and a seeded 1×3×S×S input."""
+    """Random-init model in eval mode and a seeded 1×3×S×S input (1×3×16×S×S for video)."""
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     with torch.no_grad():  # zero-initialised heads (ViT) make every output 0: nothing to compare
@@ -88,7 +95,8 @@ def build(name: str, size: int | None = None) -> tuple[nn.Module, torch.Tensor]:
             if p.dim() > 1 and not p.any():
                 p.normal_(0, 0.02)
     s = size or input_size(name, model)
-    return model, torch.randn(1, 3, s, s)
+    frames = (VIDEO_FRAMES,) if is_video(name) else ()
+    return model, torch.randn(1, 3, *frames, s, s)
 
 
 def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from .rules.purity import eliminate_dead_pure_nodes
+
 __all__ = ["set_submodule", "replace_tensor", "select", "finish"]
 
 
@@ -46,8 +48,11 @@ def select(t: torch.Tensor, keep: dict[int, np.ndarray]) -> torch.Tensor:
 
 
 def finish(gm: fx.GraphModule) -> fx.GraphModule:
-    """Every rewrite ends here: drop dead nodes, lint, recompile."""
-    gm.graph.eliminate_dead_code()
+    """Every rewrite ends here: drop dead pure nodes, lint, recompile.
+
+    Not ``graph.eliminate_dead_code()``: it deletes in-place calls whose result is
+    unused (``y.relu_()``), which mutate a live tensor (see rules/purity.py)."""
+    eliminate_dead_pure_nodes(gm)
     gm.graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()

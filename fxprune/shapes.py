@@ -15,12 +15,26 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata, _extract_tensor_metadata
 
 from .meta_shapes import fast_function, fast_method, fast_module
 
 __all__ = ["propagate_shapes", "MetaInterpreter"]
+
+
+def _mutable(v: Any) -> Any:
+    """Plain lists and dicts for fx's immutable argument containers: the generated code
+    passes a fresh ``[0, 0, 0]`` on every call, and fx-wrapped functions may write into it
+    (torchvision's video Swin ``_get_window_and_shift_size``)."""
+    if isinstance(v, immutable_list):
+        return [_mutable(x) for x in v]
+    if isinstance(v, immutable_dict):
+        return {k: _mutable(x) for k, x in v.items()}
+    if type(v) is tuple:
+        return tuple(_mutable(x) for x in v)
+    return v
 
 
 def _to_meta(v: Any) -> Any:
@@ -75,7 +89,11 @@ class MetaInterpreter(fx.Interpreter):
     def call_function(self, target, args, kwargs):
         fast = fast_function(target) if self.meta else None
         out = fast(*args, **kwargs) if fast is not None else None
-        return out if out is not None else super().call_function(target, args, kwargs)
+        if out is not None:
+            return out
+        if any(isinstance(a, (immutable_list, immutable_dict)) for a in args):
+            args, kwargs = _mutable(args), _mutable(dict(kwargs))
+        return super().call_function(target, args, kwargs)
 
     def call_method(self, target, args, kwargs):
         fast = fast_method(target) if self.meta else None

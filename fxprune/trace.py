@@ -1,13 +1,17 @@
 """Frontend: trace a model to a torch.fx GraphModule with shapes on every node.
 
-Standard layers (everything under ``torch.nn``) and torchvision's
-``StochasticDepth`` stay leaf modules so the rule table sees them whole.
+Standard layers (everything under ``torch.nn``), subclasses of rule-table
+layers that do not change what they compute (torchvision's ``Conv3DSimple``)
+and torchvision's ``StochasticDepth`` stay leaf modules so the rule table sees
+them whole.
 Shapes are recorded by running the graph once on the example inputs
 (``node.meta["tensor_meta"]``, as torch.fx's ShapeProp does; see shapes.py).
 """
 from __future__ import annotations
 
 import copy
+import inspect
+import operator
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +21,7 @@ import torch
 import torch.fx as fx
 
 from .errors import TraceError
+from .rules import module_rule_class
 from .shapes import propagate_shapes
 
 __all__ = ["trace", "trace_graph", "Traced", "as_tuple", "DEFAULT_LEAF_NAMES"]
@@ -41,6 +46,32 @@ _PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.me
           torch.layout)
 
 
+# In-place operators (``y += x``): torch.fx's Proxy has no ``__iadd__``, so Python falls back
+# to ``y = y + x`` and the graph loses the write into ``y`` (wrong when ``y`` aliases another
+# live tensor: a view, or a name bound twice). The tracer records ``operator.iadd`` instead,
+# which the GraphModule runs in place, exactly as the model does.
+_INPLACE_OPERATORS = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
+                      "and", "or", "xor", "lshift", "rshift")
+
+
+class _InplaceProxy(fx.Proxy):
+    """fx.Proxy whose augmented assignments are recorded as ``operator.i<op>`` calls."""
+
+
+def _augmented(name: str):
+    fn = getattr(operator, f"i{name}")
+
+    def method(self, other):
+        return self.tracer.create_proxy("call_function", fn, (self, other), {})
+    method.__name__ = f"__i{name}__"
+    return method
+
+
+for _op in _INPLACE_OPERATORS:
+    setattr(_InplaceProxy, f"__i{_op}__", _augmented(_op))
+_InplaceProxy.__name__ = _InplaceProxy.__qualname__ = "Proxy"  # as torch's errors call it
+
+
 class _LeafTracer(fx.Tracer):
     """fx.Tracer that also keeps user-named modules and default leaf types whole."""
 
@@ -48,12 +79,22 @@ class _LeafTracer(fx.Tracer):
         super().__init__()
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
+        self.failed_in: torch.nn.Module | None = None  # the innermost module whose trace raised
+        self.entered: list[torch.nn.Module] = []  # modules traced through (not leaves)
+
+    def call_module(self, m: torch.nn.Module, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = m
+            raise
 
     def create_arg(self, a: Any) -> Any:
         """The common arguments (proxies, scalars, plain containers of them) without the
         generic dispatch of ``fx.Tracer.create_arg``, which is most of the tracing time."""
         t = type(a)
-        if t is fx.Proxy:
+        if t is _InplaceProxy or t is fx.Proxy:
             return a.node
         if t in _PLAIN:
             return a
@@ -61,11 +102,22 @@ class _LeafTracer(fx.Tracer):
             return t(self.create_arg(e) for e in a)
         return super().create_arg(a)
 
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _InplaceProxy(node, self)
+
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        leaf = self._is_leaf(m, qualname)
+        if not leaf:
+            self.entered.append(m)  # its forward runs on proxies: see _scrub_proxies
+        return leaf
+
+    def _is_leaf(self, m: torch.nn.Module, qualname: str) -> bool:
         if isinstance(m, self._leaf_types) or qualname in self._leaf_names:
             return True
         if (type(m).__module__, type(m).__name__) in DEFAULT_LEAF_NAMES:
             return True
+        if module_rule_class(m) is not None:
+            return True  # a torch.nn layer, or a subclass that computes what it computes
         return super().is_leaf_module(m, qualname)
 
 
@@ -90,14 +142,60 @@ _LIBRARY_DIRS = tuple(str(Path(m.__file__).resolve().parent) for m in (torch,)) 
     str(Path(__file__).resolve().parent),)
 
 
-def _user_frame(exc: BaseException) -> str:
-    """The innermost frame outside torch and fxprune: the user's line that failed to trace."""
+def _generated(filename: str) -> bool:
+    """Code torch.fx writes at run time (GraphModule forwards, patched signatures)."""
+    return filename.startswith(("<eval_with_key", "<fx", "<frozen"))
+
+
+def _forward_location(module: torch.nn.Module) -> str | None:
+    fn = inspect.unwrap(getattr(type(module), "forward", None) or (lambda: None))
+    try:
+        path, line = inspect.getsourcefile(fn), fn.__code__.co_firstlineno
+    except (TypeError, AttributeError):
+        return None
+    return f"{path}:{line}, in {type(module).__name__}.forward (tracing stopped before its body: " \
+           "its signature or a decorator could not be traced)"
+
+
+def _user_frame(exc: BaseException, tracer: _LeafTracer | None = None,
+                model: torch.nn.Module | None = None) -> str:
+    """Where tracing failed, as ``file:line, in function: "code"``: the innermost frame
+    outside torch and fxprune (the model's own code, or its library's). When torch failed
+    before any of it ran (``co_varnames is too small``: a forward fx cannot re-sign), the
+    forward of the module being traced, which is where the user has to look."""
     frames = traceback.extract_tb(exc.__traceback__)
     for fr in reversed(frames):
+        if _generated(fr.filename):
+            continue
         path = str(Path(fr.filename).resolve()) if not fr.filename.startswith("<") else fr.filename
         if not path.startswith(_LIBRARY_DIRS):
             return f'{fr.filename}:{fr.lineno}, in {fr.name}: "{(fr.line or "").strip()}"'
+    for module in (getattr(tracer, "failed_in", None), model):
+        where = _forward_location(module) if module is not None else None
+        if where:
+            return where
     return "<unknown location>"
+
+
+TRACE_ADVICE = (
+    "  fix: trace with frontend=\"export\" (torch.export captures most models symbolic tracing "
+    "cannot follow, and the analysis sees through them); or pass concrete_args= for arguments "
+    "that steer Python control flow; as a last resort mark the module containing this code as "
+    "a leaf (leaf_modules=[TheModuleType]), which keeps it whole: nothing inside it is pruned")
+
+
+def _scrub_proxies(modules: Iterable[torch.nn.Module]) -> None:
+    """Drop the proxies a forward stored in its module's state while being traced: a cache
+    filled during tracing (timm LeViT's ``attention_bias_cache``) would otherwise hand the
+    next trace a node of this graph, and keep the model pointing into it. Only modules
+    traced through can have run such code (a leaf's forward never sees a proxy)."""
+    for m in modules:
+        for name, value in list(vars(m).items()):
+            if isinstance(value, fx.Proxy):
+                delattr(m, name)
+            elif isinstance(value, dict) and name not in ("_parameters", "_buffers", "_modules"):
+                for k in [k for k, v in value.items() if isinstance(v, fx.Proxy)]:
+                    del value[k]
 
 
 @dataclass(frozen=True)
@@ -160,13 +258,12 @@ def trace_graph(
         try:
             graph = tracer.trace(model, concrete_args=concrete_args)
         except Exception as e:  # torch raises TraceError, TypeError, RuntimeError, ...
+            _scrub_proxies([model, *tracer.entered])
             raise TraceError(
                 f"could not trace {type(model).__name__}: {type(e).__name__}: {e}\n"
-                f"  at {_user_frame(e)}\n"
-                "  fix: mark the module containing this code as a leaf "
-                "(trace(..., leaf_modules=[TheModuleType])), or pass concrete_args= "
-                "for arguments that steer Python control flow"
+                f"  at {_user_frame(e, tracer, model)}\n{TRACE_ADVICE}"
             ) from e
+        _scrub_proxies([model, *tracer.entered])
         root = tracer.root
     try:
         with torch.no_grad():

@@ -181,11 +181,26 @@ def fix_group_norm(fx_: _Fixup, n: fx.Node) -> None:
         n.args = tuple(args)
 
 
+def fix_conv_groups(fx_: _Fixup, n: fx.Node) -> None:
+    """F.conv*d: a depthwise conv keeps one group per (remaining) input channel."""
+    groups = fx_.value(n.args[6] if len(n.args) > 6 else n.kwargs.get("groups", 1))
+    w, want = (n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")), fx_.expected(n.args[0])
+    meta = w.meta.get("tensor_meta") if isinstance(w, fx.Node) else None
+    if groups == 1 or want is None or not isinstance(meta, TensorMetadata) or meta.shape[1] != 1:
+        return  # a grouped (not depthwise) conv keeps its group count
+    if want[1] != groups:
+        if len(n.args) > 6:
+            n.args = (*n.args[:6], want[1], *n.args[7:])
+        else:
+            n.kwargs = {**n.kwargs, "groups": want[1]}
+
+
 _METHOD_FIXERS = {"view": fix_sizes, "reshape": fix_sizes, "expand": fix_sizes,
                   "split": fix_split, "chunk": fix_split}
 _FUNCTION_FIXERS = {torch.reshape: fix_sizes, torch.split: fix_split, torch.chunk: fix_split,
                     F.pad: fix_pad, operator.getitem: fix_getitem, F.layer_norm: fix_layer_norm,
-                    F.group_norm: fix_group_norm}
+                    F.group_norm: fix_group_norm, F.conv1d: fix_conv_groups,
+                    F.conv2d: fix_conv_groups, F.conv3d: fix_conv_groups}
 
 
 def fix_window_attention(fx_: _Fixup, n: fx.Node) -> None:

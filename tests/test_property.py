@@ -2,7 +2,7 @@
 trace -> dead_channel_plan -> verify, and every unit's slices are all of it.
 
 A spec is a list of blocks (conv, residual, concat, dense concat, split,
-chunk-gate, grouped, depthwise) and a head (global pool or flatten -> linear).
+chunk-gate, grouped, depthwise, in-place ops) and a head (global pool or flatten -> linear).
 Each example notes its spec and seeds, so a failure prints how to rebuild it:
 ``SpecNet(spec)`` after ``torch.manual_seed(seed)``.
 """
@@ -105,7 +105,35 @@ class Grouped(nn.Module):
         return self.conv(x)
 
 
-BLOCKS = {"plain": Plain, "residual": Residual, "concat": Concat, "split": Split,
+class InPlace(nn.Module):
+    """A conv+BN whose output is then changed in place, by the drawn ops in order:
+    statements whose result is unused (relu_, mul_, add_ of the block input, F.relu with
+    inplace=True, nn.ReLU(inplace=True)) and ``+=`` (recorded as operator.iadd)."""
+
+    def __init__(self, cin: int, spec: dict) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(cin, cin, 3, padding=1), nn.BatchNorm2d(cin)
+        self.act, self.ops, self.out_channels = nn.ReLU(inplace=True), spec["ops"], cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        for op in self.ops:
+            if op == "relu_":
+                y.relu_()
+            elif op == "mul_":
+                y.mul_(0.5)
+            elif op == "add_":
+                y.add_(x)
+            elif op == "iadd":
+                y += x
+            elif op == "functional":
+                F.relu(y, inplace=True)
+            else:
+                self.act(y)
+        return y
+
+
+BLOCKS = {"plain": Plain, "inplace": InPlace, "residual": Residual, "concat": Concat, "split": Split,
           "gate": ChunkGate, "grouped": Grouped}
 
 
@@ -141,6 +169,8 @@ block = st.one_of(
     st.fixed_dictionaries({"kind": st.just("split"), "cut": st.integers(0, 8), "a": width,
                            "b": width}),
     st.fixed_dictionaries({"kind": st.just("gate"), "out": width}),
+    st.fixed_dictionaries({"kind": st.just("inplace"), "ops": st.lists(st.sampled_from(
+        ["relu_", "mul_", "add_", "iadd", "functional", "module"]), min_size=1, max_size=4)}),
     st.fixed_dictionaries({"kind": st.just("grouped"), "groups": st.integers(2, 4),
                            "per_group": st.integers(1, 3), "depthwise": st.booleans()}),
 )
@@ -153,7 +183,8 @@ def _build(spec: dict, seed: int) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(seed)
     model = T.randomize_norms(SpecNet(spec), seed).eval()
     x = torch.randn(2, IN_CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
-    fxprune.trace(model, x)  # the generated model is traceable by construction
+    with torch.no_grad():  # traceable by construction, and the graph computes what the model does
+        assert torch.equal(fxprune.trace(model, x)(x), model(x))
     return model, x
 
 

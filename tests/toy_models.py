@@ -21,6 +21,11 @@ __all__ = [
     "CumsumBarrier",
     "Depthwise",
     "FlattenLinear",
+    "FunctionalBNAct",
+    "FunctionalLayers",
+    "FunctionalTokens",
+    "InPlaceNet",
+    "StdConv",
     "GroupedConv",
     "MHANet",
     "PixelShuffleNet",
@@ -377,6 +382,125 @@ class Untraceable(nn.Module):
         return y
 
 
+class FunctionalBNAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: a BatchNorm2d subclass whose own forward calls F.batch_norm on
+    get_attr parameters, then an activation; the tracer goes inside it."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__(c)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         False, 0.0, self.eps)
+        return self.act(x)
+
+
+class StdConv(nn.Conv2d):
+    """timm's StdConv2d: the weight standardised per output filter with F.batch_norm on
+    the reshaped weight, then reshape_as, then F.conv2d on the computed weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                         training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class FunctionalLayers(nn.Module):
+    """Every functional layer form on get_attr parameters: F.conv2d (plain and depthwise),
+    F.batch_norm, F.group_norm, F.instance_norm, F.conv_transpose2d, F.linear, and a
+    weight-standardised conv (StdConv) feeding a plain conv.
+
+    groups: c1.weight:0 (8: c1 out = bn = dw (depthwise, groups rewritten) = gn (4 groups
+    of 2 channels: units are whole groups)) ... each functional layer links its tensors
+    as its module form would; the StdConv's output channels are exact (its statistics are
+    per output filter), its input channels are marked mixing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = FunctionalBNAct(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.gn = nn.GroupNorm(4, 8)
+        self.ct = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.inorm = nn.InstanceNorm2d(6, affine=True)
+        self.std = StdConv(6, 10, 3, padding=1)
+        self.c2 = nn.Conv2d(10, 6, 1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(F.conv2d(x, self.c1.weight, self.c1.bias, 1, 1))
+        x = F.conv2d(x, self.dw.weight, self.dw.bias, 1, 1, 1, 8)
+        x = torch.relu(F.group_norm(x, 4, self.gn.weight, self.gn.bias))
+        x = F.conv_transpose2d(x, self.ct.weight, self.ct.bias, stride=2)
+        x = F.instance_norm(x, weight=self.inorm.weight, bias=self.inorm.bias)
+        x = torch.relu(self.c2(torch.relu(self.std(x))))
+        return F.linear(x.mean((2, 3)), self.fc.weight, self.fc.bias)
+
+
+class FunctionalTokens(nn.Module):
+    """F.embedding, F.layer_norm (mixing) and F.linear on get_attr parameters, an
+    attention-bias table gathered by a constant integer index buffer
+    (``biases[:, idxs]``, LeViT), and view_as/expand_as/type_as.
+
+    groups: the embedding dim (with the LayerNorm: mixing), the hidden width of the MLP,
+    and the bias table's head dim (exact: the bias rows follow the heads).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 8)
+        self.ln = nn.LayerNorm(8)
+        self.up, self.down = nn.Linear(8, 12), nn.Linear(12, 8)
+        self.heads = nn.Linear(8, 3 * 5)
+        self.attention_biases = nn.Parameter(torch.randn(3, 9))
+        self.register_buffer("idxs", torch.randint(0, 9, (5, 5)))
+        self.out = nn.Linear(5 * 5, 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = F.embedding(tokens, self.emb.weight)                       # [B, 5, 8]
+        x = F.layer_norm(x, (8,), self.ln.weight, self.ln.bias)
+        h = F.linear(x, self.up.weight, self.up.bias).relu()
+        x = x + F.linear(h, self.down.weight, self.down.bias).view_as(x)
+        a = self.heads(x).view(x.shape[0], 5, 3, 5).permute(0, 2, 1, 3)  # [B, heads=3, 5, 5]
+        bias = self.attention_biases[:, self.idxs]                      # [3, 5, 5]
+        a = a + bias.expand_as(a).type_as(a)
+        return self.out(a.sum(1).flatten(1))  # a sum over heads: dead heads are inert
+
+
+class InPlaceNet(nn.Module):
+    """In-place ops as statements and as values: relu_(), mul_(), add_() with their results
+    unused, ``+=`` on a tensor that another name aliases, torch.relu_, F.relu(inplace=True),
+    nn.ReLU(inplace=True) and an in-place write into a channel slice (a view).
+
+    groups: c1.weight:0 (8: c1 = c2 out, joined by the in-place adds), c3.weight:0 (6).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c3, self.act = nn.Conv2d(8, 6, 1), nn.ReLU(inplace=True)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.b1(self.c1(x))
+        x.relu_()                      # a statement: its result is unused
+        y = self.b2(self.c2(x))
+        y.mul_(2.0)
+        alias = y
+        y += x                         # also changes ``alias``
+        y.add_(x)
+        part = y[:, 2:5]
+        part *= 0.5                    # writes into y through a view
+        z = self.c3(y + alias)
+        self.act(z)
+        torch.relu_(z)
+        z = F.relu(z, inplace=True) + 0.1
+        return self.fc(z.mean((2, 3)))
+
+
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm random affine parameters and running statistics, so a
     dead-channel test notices a statistic selected along the wrong channels."""
@@ -411,6 +535,9 @@ TOY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "qkv_attention": (QKVAttentionNet, _TOKENS),
     "cumsum_barrier": (CumsumBarrier, _IMAGE),
     "wrapped_barrier": (WrappedBarrier, _IMAGE),
+    "functional_layers": (FunctionalLayers, _IMAGE),
+    "functional_tokens": (FunctionalTokens, (2, 5)),
+    "inplace": (InPlaceNet, _IMAGE),
 }
 
 
@@ -421,4 +548,7 @@ def build(name: str, seed: int = 0) -> nn.Module:
 
 
 def example_input(name: str, seed: int = 1) -> torch.Tensor:
-    return torch.randn(TOY_MODELS[name][1], generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    if name == "functional_tokens":  # token ids
+        return torch.randint(0, 11, TOY_MODELS[name][1], generator=gen)
+    return torch.randn(TOY_MODELS[name][1], generator=gen)

@@ -17,11 +17,13 @@ import torch.nn.functional as F
 
 from . import attention as A
 from . import elementwise as E
+from . import functional as FN
 from . import layers as L
 from . import shape as S
 from .base import Rule, RuleContext
 
-__all__ = ["MODULE_RULES", "FUNCTION_RULES", "METHOD_RULES", "NAMED_RULES", "rule_for", "RuleContext"]
+__all__ = ["MODULE_RULES", "FUNCTION_RULES", "METHOD_RULES", "NAMED_RULES", "rule_for", "RuleContext",
+           "inherits_behaviour", "module_rule_class"]
 
 
 def _p(fn: Callable, **kw) -> Rule:
@@ -86,6 +88,19 @@ _ELEMENTWISE_FUNCS = [
     F.dropout2d, F.dropout3d, F.alpha_dropout, F.logsigmoid, F.threshold,
 ]
 
+def _inplace_twins(funcs) -> list[Callable]:
+    """``torch.relu_``, ``F.elu_``, ...: the in-place twin of each function, where it exists."""
+    out = []
+    for f in funcs:
+        home = {"torch.nn.functional": F}.get(getattr(f, "__module__", ""), torch)
+        twin = getattr(home, f"{getattr(f, '__name__', '')}_", None)
+        if callable(twin) and twin not in funcs:
+            out.append(twin)
+    return out
+
+
+_ELEMENTWISE_FUNCS += [operator.itruediv, *_inplace_twins(_ELEMENTWISE_FUNCS)]
+
 FUNCTION_RULES: dict[Callable, Rule] = {
     **{f: E.elementwise for f in _ELEMENTWISE_FUNCS},
     operator.getitem: S.getitem,
@@ -106,30 +121,37 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     F.adaptive_avg_pool3d: E.channel_first_spatial, F.adaptive_max_pool2d: E.channel_first_spatial,
     F.avg_pool2d: E.channel_first_spatial, F.max_pool2d: E.channel_first_spatial,
     F.interpolate: E.channel_first_spatial, F.upsample: E.channel_first_spatial,
-    F.layer_norm: lambda ctx: L.layer_norm(
-        ctx, len(ctx.value(1, "normalized_shape")), ctx.arg(2, "weight"), ctx.arg(3, "bias")),
-    F.group_norm: lambda ctx: L.group_norm(
-        ctx, ctx.value(1, "num_groups"), ctx.arg(2, "weight"), ctx.arg(3, "bias")),
-    F.linear: lambda ctx: L.linear(ctx, ctx.arg(1, "weight"), ctx.arg(2, "bias")),
-    F.conv2d: lambda ctx: L.conv(ctx, ctx.arg(1, "weight"), ctx.arg(2, "bias"), ctx.value(6, "groups", 1)),
-    F.conv1d: lambda ctx: L.conv(ctx, ctx.arg(1, "weight"), ctx.arg(2, "bias"), ctx.value(6, "groups", 1)),
+    # functional layers: parameters are get_attr nodes (or computed from them)
+    F.conv1d: FN.conv, F.conv2d: FN.conv, F.conv3d: FN.conv,
+    F.conv_transpose1d: FN.conv_transpose, F.conv_transpose2d: FN.conv_transpose,
+    F.conv_transpose3d: FN.conv_transpose,
+    F.linear: FN.linear, F.embedding: FN.embedding,
+    F.batch_norm: FN.batch_norm, F.instance_norm: FN.instance_norm,
+    F.layer_norm: FN.layer_norm, F.group_norm: FN.group_norm,
     F.pixel_shuffle: S.pixel_shuffle, F.pixel_unshuffle: S.pixel_unshuffle,
     torch.pixel_shuffle: S.pixel_shuffle, torch.pixel_unshuffle: S.pixel_unshuffle,
     torch.channel_shuffle: S.channel_shuffle, F.channel_shuffle: S.channel_shuffle,
     getattr: E.sink,
 }
 
+_ELEMENTWISE_METHODS = ("add", "sub", "mul", "div", "relu", "sigmoid", "tanh", "exp", "abs",
+                        "neg", "sqrt", "rsqrt", "clamp", "masked_fill", "pow", "__add__",
+                        "__mul__", "__sub__", "__truediv__")
+# every in-place twin (``relu_``, ``add_``, ``clamp_``...) has the rule of its out-of-place
+# form: it writes its result into self, whose shape it keeps
+_ELEMENTWISE_INPLACE = tuple(f"{m}_" for m in _ELEMENTWISE_METHODS
+                             if not m.startswith("__") and hasattr(torch.Tensor, f"{m}_"))
+
 METHOD_RULES: dict[str, Rule] = {
-    **{m: E.elementwise for m in (
-        "add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_", "relu", "relu_", "sigmoid",
-        "sigmoid_", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "clamp", "masked_fill",
-        "type_as", "pow", "__add__", "__mul__", "__sub__", "__truediv__")},
+    **{m: E.elementwise for m in _ELEMENTWISE_METHODS + _ELEMENTWISE_INPLACE},
+    "type_as": S.self_only,
     **{m: S.identity for m in ("contiguous", "clone", "to", "float", "half", "double", "detach",
                                "requires_grad_", "cpu", "cuda")},
     **{m: S.reshape for m in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze")},
     "permute": S.permute, "transpose": S.permute, "swapaxes": S.permute, "swapdims": S.permute,
     "chunk": _p(S.split, dim_pos=2), "split": _p(S.split, dim_pos=2), "unbind": S.unbind,
-    "expand": S.expand, "expand_as": S.expand,
+    "expand": S.expand, "expand_as": S.expand_as,
+    "reshape_as": S.reshape_as, "view_as": S.reshape_as,
     "mean": _p(E.reduction, inert_zero=False), "amax": _p(E.reduction, inert_zero=False),
     "sum": _p(E.reduction, inert_zero=True),
     "softmax": E.softmax_like, "log_softmax": E.softmax_like,
@@ -154,14 +176,42 @@ def _named(obj) -> Rule | None:
     return NAMED_RULES.get((getattr(obj, "__module__", ""), getattr(obj, "__name__", "")))
 
 
+# methods a subclass may redefine without changing what forward computes
+_HARMLESS_OVERRIDES = {"__init__", "extra_repr", "reset_parameters", "__repr__", "__setstate__",
+                       "_load_from_state_dict", "__init_subclass__", "__class_getitem__"}
+
+
+@functools.lru_cache(maxsize=None)
+def inherits_behaviour(cls: type, base: type) -> bool:
+    """``cls`` computes what ``base`` computes: between them in the MRO no class redefines
+    a method, property or other callable of ``base`` (``__init__`` and the like aside).
+    torchvision's ``Conv3DSimple(nn.Conv3d)`` (a new ``__init__`` and a static helper) does."""
+    for klass in cls.__mro__:
+        if klass is base:
+            return True
+        for name, value in vars(klass).items():
+            if name in _HARMLESS_OVERRIDES or not hasattr(base, name):
+                continue
+            if callable(value) or isinstance(value, (property, staticmethod, classmethod)):
+                return False
+    return False
+
+
+def module_rule_class(module: nn.Module) -> type | None:
+    """The rule-table class whose behaviour ``module`` has, if any (see inherits_behaviour)."""
+    for cls in type(module).__mro__:
+        if cls in MODULE_RULES:
+            return cls if inherits_behaviour(type(module), cls) else None
+    return None
+
+
 def rule_for(op: str, target, module: nn.Module | None) -> Rule | None:
     """Look up the rule of a node; None means the op is a barrier."""
     if op == "call_module":
         for cls in type(module).__mro__:
             if cls in MODULE_RULES:
-                # a subclass that overrides forward may do anything: no guessing
-                same_forward = getattr(type(module), "forward", None) is getattr(cls, "forward", None)
-                return MODULE_RULES[cls] if same_forward else None
+                # a subclass that overrides forward (or a method it calls) may do anything
+                return MODULE_RULES[cls] if inherits_behaviour(type(module), cls) else None
         return _named(type(module))
     if op == "call_function":
         if isinstance(target, torch._ops.OpOverload):  # --- ATen ops (torch.export): rules/aten.py ---

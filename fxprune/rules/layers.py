@@ -54,9 +54,12 @@ def conv(ctx: RuleContext, weight=None, bias=None, groups: int | None = None) ->
     ctx.link(y, 1, cout_idx, y, 1, cout_idx % per_out, "strided")
 
 
-def conv_transpose(ctx: RuleContext) -> None:
+def conv_transpose(ctx: RuleContext, weight=None, bias=None, groups: int | None = None) -> None:
     """ConvTranspose: weight is [Cin, Cout/groups, k...]; grouped variants are frozen."""
-    x, y, w, b = ctx.arg(0), ctx.out(), ctx.param("weight"), ctx.param("bias")
+    x, y = ctx.arg(0, "input"), ctx.out()
+    w = weight if weight is not None else ctx.param("weight")
+    b = bias if bias is not None else ctx.param("bias")
+    g = groups if groups is not None else ctx.module.groups
     if x is None or y is None or w is None:
         return
     ctx.couple(x, 0, y, 0)
@@ -65,7 +68,7 @@ def conv_transpose(ctx: RuleContext) -> None:
     for k in range(2, w.ndim):
         ctx.freeze(w, k, "kernel dim", "structural")
     ctx.couple(w, 0, x, 1)
-    if ctx.module.groups != 1:
+    if g != 1:
         ctx.freeze(y, 1, "grouped ConvTranspose output", "barrier")
         ctx.freeze(x, 1, "grouped ConvTranspose input", "barrier")
         return
@@ -89,18 +92,33 @@ def linear(ctx: RuleContext, weight=None, bias=None) -> None:
         ctx.couple(b, 0, y, -1)
 
 
-def _per_channel(ctx: RuleContext, x, y, dim: int, names=("weight", "bias", "running_mean", "running_var")) -> None:
+def _per_channel(ctx: RuleContext, x, y, dim: int, names=("weight", "bias", "running_mean", "running_var"),
+                 tensors=()) -> None:
     for k in range(x.ndim):
         ctx.couple(x, k, y, k)
     for name in names:
         ctx.couple(ctx.param(name), 0, y, dim)
+    for t in tensors:
+        ctx.couple(t, 0, y, dim)
 
 
-def batch_norm(ctx: RuleContext) -> None:
-    """BatchNorm/InstanceNorm: every per-channel parameter and statistic follows channel dim 1."""
-    x, y = ctx.arg(0), ctx.out()
-    if x is not None and y is not None:
+def batch_norm(ctx: RuleContext, tensors=None, batch_stats: bool = False) -> None:
+    """BatchNorm/InstanceNorm: every per-channel parameter and statistic follows channel dim 1.
+
+    ``tensors``: the functional form's weight/bias/statistics (get_attr nodes). With
+    ``batch_stats`` (F.batch_norm in training mode, or without running statistics)
+    the other dims are normalised together: dead entries there are not inert (mixing)."""
+    x, y = ctx.arg(0, "input"), ctx.out()
+    if x is None or y is None:
+        return
+    if tensors is None:
         _per_channel(ctx, x, y, 1)
+    else:
+        _per_channel(ctx, x, y, 1, names=(), tensors=[t for t in tensors if t is not None])
+    if batch_stats:
+        for d in range(y.ndim):
+            if d != 1:
+                ctx.space.mark_mixing(y, d)
 
 
 def prelu(ctx: RuleContext) -> None:
@@ -146,9 +164,10 @@ def layer_norm(ctx: RuleContext, normalized_ndim: int | None = None, weight=None
         ctx.space.mark_mixing(y, d)
 
 
-def embedding(ctx: RuleContext) -> None:
+def embedding(ctx: RuleContext, weight=None) -> None:
     """Embedding: the vocabulary is frozen; the embedding dim is a producer output."""
-    idx, y, w = ctx.arg(0), ctx.out(), ctx.param("weight")
+    idx, y = ctx.arg(0, "input"), ctx.out()
+    w = weight if weight is not None else ctx.param("weight")
     if y is None or w is None:
         return
     ctx.freeze(w, 0, "vocabulary rows", "structural")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 import torch.fx as fx
 
 from .base import RuleContext, norm_dim
@@ -13,7 +14,8 @@ from .base import RuleContext, norm_dim
 __all__ = [
     "identity", "reshape", "permute", "transpose", "cat", "stack", "split",
     "unbind", "getitem", "pad", "roll", "expand", "pixel_shuffle",
-    "pixel_unshuffle", "channel_shuffle", "reshape_blocks",
+    "pixel_unshuffle", "channel_shuffle", "reshape_blocks", "reshape_as", "expand_as",
+    "self_only",
 ]
 
 
@@ -22,6 +24,31 @@ def identity(ctx: RuleContext) -> None:
     x, y = ctx.arg(0), ctx.out()
     if x is not None and y is not None:
         ctx.space.couple_all(x, y, ctx.node.name)
+
+
+def self_only(ctx: RuleContext) -> None:
+    """x.type_as(other): x's values, other's dtype; other's channels play no part."""
+    identity(ctx)
+
+
+def _shaped_like(ctx: RuleContext) -> None:
+    """The result has ``other``'s shape, dim for dim: a pruned dim of one is a pruned dim of
+    the other, or the call fails (``reshape_as(self.weight)`` in weight-standardised convs)."""
+    other, y = ctx.arg(1, "other"), ctx.out()
+    if other is not None and y is not None and tuple(other.shape) == tuple(y.shape):
+        ctx.space.couple_all(other, y, ctx.node.name)
+
+
+def reshape_as(ctx: RuleContext) -> None:
+    """x.reshape_as(other) / x.view_as(other): a reshape to ``other``'s shape."""
+    reshape(ctx)
+    _shaped_like(ctx)
+
+
+def expand_as(ctx: RuleContext) -> None:
+    """x.expand_as(other): broadcast to ``other``'s shape."""
+    expand(ctx)
+    _shaped_like(ctx)
 
 
 def reshape_blocks(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
@@ -258,15 +285,9 @@ def getitem(ctx: RuleContext) -> None:
     if x is None or y is None:
         return
     idx = ctx.node.args[1]
-    index = ctx.ref(idx)
-    if index is not None:  # table[index]: rows gathered, trailing dims pass through
-        ctx.freeze(x, 0, "rows gathered by an index tensor")
-        for k in range(index.ndim):
-            ctx.freeze(y, k, "gathered rows")
-        for k in range(1, x.ndim):
-            ctx.couple(x, k, y, index.ndim + k - 1)
-        return
     idx = idx if isinstance(idx, tuple) else (idx,)
+    if _gather(ctx, x, y, idx):
+        return
     if any(isinstance(i, (fx.Node, list)) for i in idx):
         ctx.freeze_all(x, "advanced indexing", "barrier")
         ctx.freeze_all(y, "advanced indexing", "barrier")
@@ -293,6 +314,33 @@ def getitem(ctx: RuleContext) -> None:
                 ctx.freeze(x, xd, "strided slice")
                 ctx.freeze(y, yd, "strided slice")
             xd, yd = xd + 1, yd + 1
+
+
+def _integer_tensor(v) -> bool:
+    meta = v.meta.get("tensor_meta") if isinstance(v, fx.Node) else None
+    return meta is not None and hasattr(meta, "dtype") and not meta.dtype.is_floating_point \
+        and meta.dtype is not torch.bool and not meta.dtype.is_complex
+
+
+def _gather(ctx: RuleContext, x, y, idx: tuple) -> bool:
+    """``x[:, ..., :, index]`` with one integer index tensor after full slices (embedding
+    tables, attention-bias tables ``biases[:, idxs]``): the indexed dim of x is gathered
+    (frozen), so are the index's dims in y; the dims before and after pass through."""
+    nodes = [k for k, i in enumerate(idx) if isinstance(i, fx.Node)]
+    if len(nodes) != 1 or not all(i == slice(None) for k, i in enumerate(idx) if k != nodes[0]):
+        return False
+    p, index = nodes[0], ctx.ref(idx[nodes[0]])
+    if index is None or not _integer_tensor(idx[p]) or p >= x.ndim:
+        return False
+    ctx.freeze(x, p, "gathered by an index tensor", "structural")
+    ctx.freeze_all(index, "index tensor", "structural")
+    for k in range(p):
+        ctx.couple(x, k, y, k)
+    for k in range(index.ndim):
+        ctx.freeze(y, p + k, "gathered entries", "structural")
+    for k in range(p + 1, x.ndim):
+        ctx.couple(x, k, y, index.ndim + k - 1)
+    return True
 
 
 def pad(ctx: RuleContext) -> None:

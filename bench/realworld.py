@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"interrupted; finished models are in {args.out} (--resume goes on)")
             return 130
         save(args.out, data)
+    elif args.out.exists():  # the markdown is derived: refresh it beside the JSON
+        write_atomic(args.out.with_suffix(".md"), report(data))
     print(report(data))
     return 0
 

@@ -138,7 +138,17 @@ def failure_class(rec: dict[str, Any]) -> str:
     if f"[{EXPORT_TOO}" in err:
         return f"{stage}: fx and export fail; export: " + _normalise(
             err.split(f"[{EXPORT_TOO}", 1)[1].rstrip("]").strip())
-    return f"{stage}: " + _normalise(err)
+    where = _where(rec.get("errors", {}).get(stage, {}).get("traceback", ""))
+    return f"{stage}{f' in {where}' if where else ''}: " + _normalise(err)
+
+
+_FRAME = re.compile(r'File "[^"]*/(fxprune|passes)/([\w/]+)\.py", line \d+, in (\w+)')
+
+
+def _where(traceback_text: str) -> str:
+    """The innermost fxprune frame ('shrink_constants.run_node'): which pass broke."""
+    frames = [f for f in _FRAME.findall(traceback_text) if f[1] != "shapes"]  # the interpreter
+    return f"{frames[-1][1]}.{frames[-1][2]}" if frames else ""
 
 
 # --- report --------------------------------------------------------------------

@@ -116,12 +116,14 @@ def equiv_ok(rec: dict[str, Any]) -> bool:
 
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|\b\d+\b|0x[0-9a-f]+")
+_SHAPEPROP = re.compile(r"ShapeProp error for: node=%\w+ : .*?target=([\w.]+).*")
 _MODEL = re.compile(r"(could not trace|the exported graph of|torch.export could not capture) \w+")
 
 
 def _normalise(message: str) -> str:
     """First sentence, names and numbers blanked."""
     message = _MODEL.sub(r"\1 <model>", message).split(". ")[0]
+    message = _SHAPEPROP.sub(r"shape propagation fails at \1", message)
     return _QUOTED.sub("…", message)[:200]
 
 

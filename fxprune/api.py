@@ -66,6 +66,10 @@ def prune(
     calibration: Iterable | None = None,
     leaf_modules: Sequence = (),
     concrete_args: dict | None = None,
+    target_latency: float | None = None,
+    backend: str = "onnxruntime",
+    batch_size: int = 1,
+    threads: int | None = 1,
     **criterion_kwargs: Any,
 ) -> PruneResult:
     """Score units with ``criterion``, pick the least important, shrink.
@@ -74,11 +78,16 @@ def prune(
     ratios), or the global fraction with ``global_ranking=True``.
     ``target_macs``/``target_params``: keep at most this fraction of the
     original MACs/params (global ranking, bisection on the ratio, within 2%).
+    ``target_latency``: keep at most this fraction of the original's latency measured
+    on ``backend`` at ``batch_size`` and ``threads`` (fxprune/latency_select.py).
     """
     if not isinstance(ratio, Mapping):
         check_ratio(ratio)
     if round_to < 1:
         raise ValueError(f"round_to must be >= 1, got {round_to}")
+    if target_latency is not None:  # latency budget: check before the analysis
+        from .latency_select import check_latency_args, latency_budget
+        check_latency_args(target_latency, backend, batch_size, threads)
     cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules,
                  concrete_args=concrete_args)
     out = _scores(cg, model, criterion, calibration, criterion_kwargs)
@@ -93,6 +102,9 @@ def prune(
     elif target_macs is not None or target_params is not None:
         removed = _budget(cg, out.scores, example_inputs, target_macs, target_params, round_to)
         settings.update(target_macs=target_macs, target_params=target_params)
+    elif target_latency is not None:  # measured latency on a backend: latency_select.py
+        removed = latency_budget(cg, out.scores, example_inputs, target_latency, backend=backend,
+                                 batch_size=batch_size, threads=threads, settings=settings)
     elif global_ranking and not isinstance(ratio, Mapping):
         removed = select_global(cg, out.scores, ratio, round_to)
     else:

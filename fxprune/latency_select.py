@@ -47,6 +47,7 @@ __all__ = ["LatencyTargetError", "LatencyModel", "build_model", "check_latency_a
 
 PROBE_WIDTHS = 48  # widths 1..48 of the widest layer of a kind: three periods of 16
 MAX_STEPS = 64     # allowed widths kept per group (evenly subsampled beyond that)
+REPEATS, MIN_SECONDS = 10, 1.0  # whole-model timing of each candidate (rounds, seconds)
 
 
 class LatencyTargetError(FxPruneError):
@@ -251,7 +252,8 @@ def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
 def latency_budget(cg: ChannelGraph, scores: Mapping[str, np.ndarray], example_inputs: Any,
                    target: float, backend: str = "onnxruntime", batch_size: int = 1,
                    threads: int | None = 1, settings: dict | None = None, tol: float = 0.03,
-                   max_iters: int = 6, repeats: int = 10, min_seconds: float = 1.0,
+                   max_iters: int = 6, repeats: int | None = None,
+                   min_seconds: float | None = None,
                    progress: Callable[[str], None] | None = None) -> dict[str, list[int]]:
     """Units to remove so the pruned model's measured latency on ``backend`` is about
     ``target`` x the original's (see the module docstring); ``settings`` (the plan's)
@@ -259,6 +261,8 @@ def latency_budget(cg: ChannelGraph, scores: Mapping[str, np.ndarray], example_i
     from fxprune.passes.shrink import shrink
 
     check_latency_args(target, backend, batch_size, threads)
+    repeats = REPEATS if repeats is None else repeats
+    min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
     table = LatencyTable(backend, threads, batch_size)
     try:
         model = build_model(cg, scores, table, progress=progress)

@@ -207,3 +207,25 @@ def test_cli_inspect_latency(cache, capsys):
     assert cli.main(["inspect", "cifar:resnet20", "--latency", "--top", "3"]) == 0
     text = capsys.readouterr().out
     assert "rest of the model" in text and "alignment" in text
+
+
+# --------------------------------------------------------------- faster shrink stages
+def test_shrink_fast_equals_shrink():
+    """kept_indices_fast / copy_except give the same pruned module as passes.shrink, and
+    leave the original's tensors untouched."""
+    from fxprune.passes.shrink import kept_indices, shrink
+    from fxprune.shrink_fast import kept_indices_fast, shrink_fast
+
+    torch.manual_seed(0)
+    model, x = ThreeConvs().eval(), torch.randn(2, 3, 8, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = fxprune.dead_channel_plan(model, x, fraction=0.4, seed=1)
+    cg, plan = res.graph, res.plan
+    a, b = kept_indices(cg, plan), kept_indices_fast(cg, plan)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    slow, fast = shrink(cg, plan), shrink_fast(cg, plan)
+    assert slow.state_dict().keys() == fast.state_dict().keys()
+    assert all(torch.equal(slow.state_dict()[k], fast.state_dict()[k]) for k in slow.state_dict())
+    assert torch.equal(slow(x), fast(x))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(t.numel() > 0 for t in cg.gm.state_dict().values())

@@ -11,13 +11,17 @@ rules, grouping, GraphModule build, scoring, selection, plan (signature), and in
 shrink: plan check, kept indices, deep copy, index-select, module update, constant
 fixing (meta re-run), finish (dead code, lint, recompile); then the self-check
 (``fxprune.verify``, which prune itself does not run). The last column is a plain
-``fxprune.prune`` call for comparison.
+``fxprune.prune`` call for comparison, and the same call with
+``fxprune.shrink_fast.shrink_fast`` in place of ``passes.shrink.shrink`` ("fast"); the
+"fast" stage columns time ``kept_indices_fast`` and ``copy_except`` on the same plan.
+Run from the repository root with ``PYTHONPATH=.`` so the worktree's fxprune is imported.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import time
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -37,12 +41,14 @@ from fxprune.trace import trace_graph
 from fxprune.passes.shrink import kept_indices
 from fxprune.passes.shrink_constants import fix_constants
 from fxprune.passes.shrink_modules import update_modules
+from fxprune.shrink_fast import copy_except, kept_indices_fast, replaced_tensors, shrink_fast
 
 MODELS = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121", "vit_b_16"]
 STAGES = ["trace", "rules", "grouping", "gm build", "scoring", "selection", "plan",
           "check", "kept idx", "deepcopy", "index-select", "modules", "constants", "finish",
           "self-check"]
 SHRINK = STAGES[STAGES.index("check"):STAGES.index("finish") + 1]
+FAST = ["kept idx fast", "deepcopy fast"]  # fxprune/shrink_fast.py, timed beside
 
 
 def one_run(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
@@ -67,6 +73,8 @@ def one_run(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
     plan.check_against(cg.signature, {g.id: g.size for g in cg.groups}); lap("check")
     keep = kept_indices(cg, plan); lap("kept idx")
     gm = copy.deepcopy(cg.gm); lap("deepcopy")
+    fast_keep = kept_indices_fast(cg, plan); lap("kept idx fast")
+    copy_except(cg.gm, replaced_tensors(cg, fast_keep)); lap("deepcopy fast")
     by_tensor: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     for (key, d), idx in keep.items():
         by_tensor[key][d] = idx
@@ -80,7 +88,10 @@ def one_run(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
     fix_constants(gm, cg, keep); lap("constants")
     finish(gm); lap("finish")
     res = fxprune.PruneResult(gm, plan, cg, (x,))
-    fxprune.verify(model, res, x, raise_on_fail=False); lap("self-check")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's zero-initialised heads
+        fxprune.verify(model, res, x, raise_on_fail=False)
+    lap("self-check")
     return t
 
 
@@ -89,13 +100,20 @@ def measure(name: str, repeats: int) -> dict[str, float]:
     model = torchvision.models.get_model(name, weights=None).eval()
     x = torch.randn(1, 3, 224, 224)
     runs = [one_run(model, x) for _ in range(repeats + 1)][1:]  # the first warms caches
-    med = {k: float(np.median([r[k] for r in runs])) for k in STAGES}
-    whole = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fxprune.prune(model, x, ratio=0.5, criterion="l1")
-        whole.append((time.perf_counter() - t0) * 1e3)
-    med["prune()"] = float(np.median(whole))
+    med = {k: float(np.median([r[k] for r in runs])) for k in STAGES + FAST}
+    import fxprune.passes.shrink as shrink_pass
+
+    whole: dict[str, list[float]] = {"prune()": [], "prune() fast": []}
+    for _ in range(repeats):  # alternate: the current shrink, then shrink_fast
+        for key, fn in (("prune()", shrink_pass.shrink), ("prune() fast", shrink_fast)):
+            saved, shrink_pass.shrink = shrink_pass.shrink, fn
+            try:
+                t0 = time.perf_counter()
+                fxprune.prune(model, x, ratio=0.5, criterion="l1")
+                whole[key].append((time.perf_counter() - t0) * 1e3)
+            finally:
+                shrink_pass.shrink = saved
+    med.update({k: float(np.median(v)) for k, v in whole.items()})
     return med
 
 
@@ -109,15 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=250)
     t = Table(title=f"fxprune.prune(ratio=0.5, l1) by stage, median ms of {args.repeats} runs, "
                     f"{args.threads} thread(s); shrink = check..finish", title_justify="left")
-    for col in ["model", *STAGES, "shrink", "prune()"]:
+    for col in ["model", *STAGES, "shrink", *FAST, "prune()", "prune() fast"]:
         t.add_column(col, justify="left" if col == "model" else "right")
     for name in args.models:
         r = measure(name, args.repeats)
         shrink = sum(r[k] for k in SHRINK)
         pipeline = sum(r[k] for k in STAGES if k != "self-check")
         t.add_row(name, *[f"{r[k]:.1f}" for k in STAGES], f"{shrink:.0f} ({shrink / pipeline:.0%})",
-                  f"{r['prune()']:.0f}")
-        console.print(f"{name}: " + ", ".join(f"{k} {r[k]:.1f}" for k in [*STAGES, "prune()"]))
+                  *[f"{r[k]:.1f}" for k in FAST], f"{r['prune()']:.0f}", f"{r['prune() fast']:.0f}")
+        console.print(f"{name}: " + ", ".join(f"{k} {r[k]:.1f}" for k in
+                                              [*STAGES, *FAST, "prune()", "prune() fast"]))
     console.print(t)
     return 0
 

@@ -1,7 +1,8 @@
 """fxprune.prune end to end against Torch-Pruning's DependencyGraph build + MetaPruner.step(),
-side by side in one process (not run in CI).
+side by side in one process (not run in CI). Run from the repository root with
+``PYTHONPATH=.`` so the worktree's fxprune is imported.
 
-    python bench/prune_vs_tp.py                         # eight torchvision models, 1 thread and default
+    python bench/prune_vs_tp.py              # eight torchvision models, 1 thread and default
     python bench/prune_vs_tp.py --models resnet18 mobilenet_v2 --repeats 5 --threads 1
 
 Both prune 50% of the channels of every group by L1 magnitude and keep the classifier's
@@ -73,7 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", nargs="+", type=int, default=None,
                    help="torch thread counts (default: 1 and torch's default)")
+    p.add_argument("--fast-shrink", action="store_true",
+                   help="time fxprune with fxprune.shrink_fast.shrink_fast as its shrink")
     args = p.parse_args(argv)
+    if args.fast_shrink:  # the proposed drop-in (fxprune/shrink_fast.py)
+        import fxprune.passes.shrink as shrink_pass
+        from fxprune.shrink_fast import shrink_fast
+
+        shrink_pass.shrink = shrink_fast
     default = torch.get_num_threads()
     threads = args.threads or sorted({1, default})
     console = Console(width=160)

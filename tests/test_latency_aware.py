@@ -82,7 +82,8 @@ def test_alignment_of_a_staircase_every_16():
 
 def test_alignment_of_a_noisy_staircase_and_of_a_cliff():
     rng = np.random.default_rng(0)
-    noisy = {w: (1.0 + math.ceil(w / 16)) * (1 + 0.01 * rng.standard_normal()) for w in range(1, 49)}
+    noisy = {w: (1.0 + math.ceil(w / 16)) * (1 + 0.01 * rng.standard_normal())
+             for w in range(1, 49)}
     assert detect_alignment(noisy) == 16
     cliff = {w: w * (1.0 if w % 8 == 0 else 3.0) for w in range(1, 49)}  # slow path off 8k
     assert detect_alignment(cliff) == 8
@@ -229,3 +230,11 @@ def test_shrink_fast_equals_shrink():
     assert torch.equal(slow(x), fast(x))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(t.numel() > 0 for t in cg.gm.state_dict().values())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is absent")
+@pytest.mark.parametrize("backend", ["torch-cuda", "tensorrt"])
+def test_absent_gpu_backends_say_why(backend):
+    with pytest.raises(LatencyTargetError, match="cannot run here"):
+        fxprune.prune(ThreeConvs().eval(), torch.randn(1, 3, 8, 8), target_latency=0.5,
+                      backend=backend)

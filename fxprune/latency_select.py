@@ -27,6 +27,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = ["LatencyTargetError", "LatencyModel", "build_model", "check_latency_a
 
 PROBE_WIDTHS = 48  # widths 1..48 of the widest layer of a kind: three periods of 16
 MAX_STEPS = 64     # allowed widths kept per group (evenly subsampled beyond that)
+LOOKAHEAD = 8      # allowed counts a greedy move may skip ahead
 REPEATS, MIN_SECONDS = 10, 1.0  # whole-model timing of each candidate (rounds, seconds)
 
 
@@ -120,19 +122,22 @@ class LatencyModel:
         cost = np.array([self._site_ms(i, w) for i, w in enumerate(cur)])
         neighbours = self._neighbours()
 
-        def step(g: str) -> tuple[float, dict[int, dict[str, int]], dict[int, float]]:
-            """(importance lost per ms saved, new site widths, new site ms) of g's next step."""
-            st = self.groups[g]
-            if pos[g] + 1 >= len(st.steps):
-                return np.inf, {}, {}
-            k2 = st.steps[pos[g] + 1]
-            new_w: dict[int, dict[str, int]] = {}
-            for i, axis, w in st.axes:
-                new_w.setdefault(i, dict(cur[i]))[axis] = int(w[k2])
-            new = {i: self._site_ms(i, wi) for i, wi in new_w.items()}
-            saved = sum(cost[i] - v for i, v in new.items())
-            loss = st.kept_importance[keep[g]] - st.kept_importance[k2]
-            return (loss / saved if saved > 1e-9 else np.inf), new_w, new
+        def step(g: str) -> tuple[float, dict[int, dict[str, int]], dict[int, float], int]:
+            """g's best move among its next LOOKAHEAD allowed counts: (importance lost per
+            ms saved, new site widths, new site ms, step index). Looking past the next
+            count steps over plateaus and noise where one step alone saves nothing."""
+            st, best = self.groups[g], (np.inf, {}, {}, pos[g])
+            for j in range(pos[g] + 1, min(pos[g] + 1 + LOOKAHEAD, len(st.steps))):
+                k2 = st.steps[j]
+                new_w: dict[int, dict[str, int]] = {}
+                for i, axis, w in st.axes:
+                    new_w.setdefault(i, dict(cur[i]))[axis] = int(w[k2])
+                new = {i: self._site_ms(i, wi) for i, wi in new_w.items()}
+                saved = sum(cost[i] - v for i, v in new.items())
+                loss = st.kept_importance[keep[g]] - st.kept_importance[k2]
+                if saved > 1e-9 and loss / saved < best[0]:
+                    best = (loss / saved, new_w, new, j)
+            return best
 
         ratio = {g: step(g)[0] for g in self.groups}
         total = float(cost.sum())
@@ -140,8 +145,7 @@ class LatencyModel:
             g = min(ratio, key=ratio.__getitem__, default=None)
             if g is None or not np.isfinite(ratio[g]):
                 break  # nothing left that saves time
-            _, new_w, new = step(g)
-            pos[g] += 1
+            _, new_w, new, pos[g] = step(g)
             keep[g] = self.groups[g].steps[pos[g]]
             for i, v in new.items():
                 cur[i], cost[i] = new_w[i], v
@@ -178,6 +182,13 @@ def _steps(size: int, axes: list[tuple[int, str, np.ndarray]], sites: list[Site]
     if steps[-1] != size:
         steps.append(size)
     return sorted(set(steps), reverse=True)
+
+
+def _efficient(profile: tuple[np.ndarray, np.ndarray], width: int) -> bool:
+    """Whether ``width`` is cheaper (interpolated) than every wider measured width."""
+    ws, t = profile
+    wider = t[ws > width]
+    return wider.size == 0 or float(np.interp(width, ws, t)) < float(wider.min())
 
 
 def _probe_alignments(sites: list[Site], table: LatencyTable) -> dict[str, int]:
@@ -230,6 +241,10 @@ def build_model(cg: ChannelGraph, scores: Mapping[str, np.ndarray], table: Laten
             ws = ws[ws > 0]
             t = np.array([table.ms(sites[i].spec.at(**{axis: int(v)})) for v in ws])
             profiles[i][axis] = (ws.astype(np.float64), t)
+    for st in groups.values():  # never stop at a width some wider one beats on a layer
+        st.steps = [k for k in st.steps
+                    if k == st.size or all(_efficient(profiles[i][axis], w[k])
+                                           for i, axis, w in st.axes)]
     table.save()
     return LatencyModel(sites, full, profiles, align, groups)
 
@@ -302,6 +317,11 @@ def latency_budget(cg: ChannelGraph, scores: Mapping[str, np.ndarray], example_i
             b = nb if lo < nb < hi else (lo + hi) / 2
         under = [h for h in history if h[1] <= target * (1 + tol)]
         b, f, keep = max(under, key=lambda h: h[1]) if under else min(history, key=lambda h: h[1])
+        if f > target * (1 + tol):
+            warnings.warn(f"target_latency={target}: the closest pruned model measured "
+                          f"{f:.3f} of the original's latency on {backend} (the layer tables "
+                          "say no further width saves time here: per-call overhead or "
+                          "kernel choice dominate); try a smaller target or batch", stacklevel=3)
         if settings is not None:
             settings.update(target_latency=target, backend=backend, batch_size=batch_size,
                             threads=threads, achieved_latency=round(f, 4),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,9 @@ def run_one(name: str, bs: int, target: float, args) -> dict[str, Any]:
     return row
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], command: str = "") -> str:
     lines = ["# Latency-aware pruning (`bench/latency_aware.py`)", "",
+             f"Produced by `{command}`." if command else "", "",
              "ONNX Runtime CPU, 1 thread. achieved = pruned / original latency, re-measured "
              "interleaved with the original; efficiency = measured / MACs speed-up; the "
              "ratio-based columns are uniform L1 pruning (round_to=1) at the same measured "
@@ -144,11 +146,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def save(rows: list[dict[str, Any]], out: Path) -> None:
+def save(rows: list[dict[str, Any]], out: Path, command: str) -> None:
     with atomic_path(out / "latency_aware.json") as tmp:
-        tmp.write_text(json.dumps({"results": rows}, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps({"command": command, "results": rows}, indent=2) + "\n",
+                       encoding="utf-8")
     with atomic_path(out / "latency_aware.md") as tmp:
-        tmp.write_text(markdown(rows), encoding="utf-8")
+        tmp.write_text(markdown(rows, command), encoding="utf-8")
     plot(rows, out / "latency_aware.png")
 
 
@@ -169,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         args.models, args.batch, args.targets = ["resnet18", "mobilenet_v2"], [1], [0.5]
         args.repeats, args.min_seconds = 10, 1.0
     torch.set_num_threads(1)
+    command = "python bench/latency_aware.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: list[dict[str, Any]] = []
     if args.resume and (args.out / "latency_aware.json").is_file():
         rows = json.loads((args.out / "latency_aware.json").read_text())["results"]
@@ -181,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"{name} batch {bs} target {target} (load {os.getloadavg()[0]:.1f})")
                 row = run_one(name, bs, target, args)
                 rows.append(row)
-                save(rows, args.out)
+                save(rows, args.out, command)
                 rb = row.get("ratio_based") or {}
                 console.print(f"  achieved {row['achieved']:.3f}, MACs kept "
                               f"{row['macs_kept']:.1%} vs ratio-based "
                               f"{rb.get('macs_kept', float('nan')):.1%}, efficiency "
                               f"{row['efficiency']:.0%}, prune {row['prune_s']:.0f}s")
-    console.print(markdown(rows))
+    console.print(markdown(rows, command))
     return 0
 
 

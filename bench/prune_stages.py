@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import time
 import warnings
 from collections import defaultdict
@@ -101,7 +102,7 @@ def measure(name: str, repeats: int) -> dict[str, float]:
     x = torch.randn(1, 3, 224, 224)
     runs = [one_run(model, x) for _ in range(repeats + 1)][1:]  # the first warms caches
     med = {k: float(np.median([r[k] for r in runs])) for k in STAGES + FAST}
-    import fxprune.passes.shrink as shrink_pass
+    shrink_pass = importlib.import_module("fxprune.passes.shrink")  # the module, not the function
 
     whole: dict[str, list[float]] = {"prune()": [], "prune() fast": []}
     for _ in range(repeats):  # alternate: the current shrink, then shrink_fast

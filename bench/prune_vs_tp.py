@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import time
 import warnings
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="time fxprune with fxprune.shrink_fast.shrink_fast as its shrink")
     args = p.parse_args(argv)
     if args.fast_shrink:  # the proposed drop-in (fxprune/shrink_fast.py)
-        import fxprune.passes.shrink as shrink_pass
+        shrink_pass = importlib.import_module("fxprune.passes.shrink")  # module, not function
         from fxprune.shrink_fast import shrink_fast
 
         shrink_pass.shrink = shrink_fast

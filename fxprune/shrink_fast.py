@@ -23,7 +23,8 @@ import torch.fx as fx
 from .channel_graph import ChannelGraph
 from .plan import PruningPlan
 
-__all__ = ["kept_indices_fast", "copy_except", "replaced_tensors", "shrink_fast"]
+__all__ = ["kept_indices_fast", "copy_except", "norm_scores_fast", "replaced_tensors",
+           "shrink_fast"]
 
 
 def kept_indices_fast(cg: ChannelGraph, plan: PruningPlan) -> dict[tuple[str, int], np.ndarray]:
@@ -94,3 +95,20 @@ def shrink_fast(cg: ChannelGraph, plan: PruningPlan) -> fx.GraphModule:
     update_modules(gm, cg, keep)
     fix_constants(gm, cg, keep)
     return finish(gm)
+
+
+def norm_scores_fast(cg: ChannelGraph, p: int = 1) -> dict[str, np.ndarray]:
+    """``passes.magnitude.l1_scores`` (p=1) / ``l2_scores`` (p=2), same values: |w| summed
+    without the ``** p`` copy for p=1, ``np.bincount`` instead of ``np.add.at``."""
+    out = {}
+    with torch.no_grad():
+        for g in cg.groups:
+            scores = np.zeros(g.size, dtype=np.float64)
+            for m in g.params():
+                t = cg.gm.get_parameter(cg.tensor_names[m.key][0]).detach().float()
+                other = [d for d in range(t.ndim) if d != m.dim]
+                mag = t.abs() if p == 1 else t.abs() ** p
+                per_index = (mag.sum(dim=other) if other else mag).double().cpu().numpy()
+                scores += np.bincount(m.unit, weights=per_index[m.index], minlength=g.size)
+            out[g.id] = scores
+    return out

@@ -238,3 +238,15 @@ def test_absent_gpu_backends_say_why(backend):
     with pytest.raises(LatencyTargetError, match="cannot run here"):
         fxprune.prune(ThreeConvs().eval(), torch.randn(1, 3, 8, 8), target_latency=0.5,
                       backend=backend)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_norm_scores_fast_equal_magnitude_scores(p):
+    from fxprune.passes.magnitude import l1_scores, l2_scores
+    from fxprune.shrink_fast import norm_scores_fast
+
+    torch.manual_seed(0)
+    cg = fxprune.analyze(ThreeConvs().eval(), torch.randn(1, 3, 8, 8), warn=False)
+    slow, fast = (l1_scores if p == 1 else l2_scores)(cg), norm_scores_fast(cg, p)
+    assert slow.keys() == fast.keys()
+    assert all(np.allclose(slow[k], fast[k], rtol=1e-12) for k in slow)

@@ -116,6 +116,10 @@ def prune(
     concrete_args: dict | None = None,
     check: bool = True,
     frontend: str = "auto",
+    target_latency: float | None = None,
+    backend: str = "onnxruntime",
+    batch_size: int = 1,
+    threads: int | None = 1,
     **criterion_kwargs: Any,
 ) -> PruneResult:
     """Score units with ``criterion``, pick the least important, shrink, check.
@@ -137,10 +141,15 @@ def prune(
     are checked on the rewrite before the re-fit. ``check=False`` skips it (for
     pruning large models in a loop); ``result.oracle_diff`` holds what was measured.
     ``frontend``: "fx", "export" or "auto" (recorded in the plan; see frontend_export.py).
+    ``target_latency``: keep at most this fraction of the original's latency measured
+    on ``backend`` at ``batch_size`` and ``threads`` (fxprune/latency_select.py).
     """
     _check_arguments(criterion, criterion_kwargs, ratio, round_to,
                      {"global_ranking": global_ranking, "check": check})
     ignore, leaf_modules = as_items(ignore, "ignore"), as_items(leaf_modules, "leaf_modules")
+    if target_latency is not None:  # latency budget: check before the analysis
+        from .latency_select import check_latency_args, latency_budget
+        check_latency_args(target_latency, backend, batch_size, threads)
     cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules,
                  concrete_args=concrete_args, frontend=frontend)
     out = _scores(cg, model, criterion, calibration, criterion_kwargs, example_inputs)
@@ -156,6 +165,9 @@ def prune(
     elif target_macs is not None or target_params is not None:
         removed = _budget(cg, out.scores, example_inputs, target_macs, target_params, round_to)
         settings.update(target_macs=target_macs, target_params=target_params)
+    elif target_latency is not None:  # measured latency on a backend: latency_select.py
+        removed = latency_budget(cg, out.scores, example_inputs, target_latency, backend=backend,
+                                 batch_size=batch_size, threads=threads, settings=settings)
     elif global_ranking and not isinstance(ratio, Mapping):
         removed = select_global(cg, out.scores, ratio, round_to)
     else:

@@ -166,7 +166,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     out.print(f"MACs {counts.macs / 1e6:,.2f}M   params {counts.params / 1e6:,.3f}M   "
               f"input {tuple(x[0].shape)}")
     out.print(f"frontend {cg.frontend}: {escape(cg.frontend_reason)}")  # frontend_export.py
+    if args.latency:
+        _inspect_latency(cg, x, args)
     return 0
+
+
+def _inspect_latency(cg: Any, x: tuple, args: argparse.Namespace) -> None:
+    """``inspect --latency``: the per-layer latency table (fxprune/latency_report.py)."""
+    from .latency_report import latency_report
+
+    with err.status(f"timing layers on {args.backend}…"):
+        rep = latency_report(cg, x, args.backend, args.batch, args.threads)
+    out.print(rep.table(top=args.top))
 
 
 def _report_check(res: Any) -> None:
@@ -244,7 +255,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
               global_ranking=args.global_ranking, round_to=args.round_to,
               calibration=_calibration(args.calibration, x), **dict(args.option))
     with err.status(f"pruning and checking {escape(spec)}…"):  # the CLI always checks
-        if args.target_macs is None:  # a criterion preset may set its own ratios
+        if args.target_latency is not None:  # measured latency on a backend
+            res = fxprune.prune(model, x, target_latency=args.target_latency, backend=args.backend,
+                                batch_size=args.batch, threads=args.threads, check=True, **kw)
+        elif args.target_macs is None:  # a criterion preset may set its own ratios
             res = fxprune.prune(model, x, ratio=0.5 if args.ratio is None else args.ratio,
                                 check=True, **kw)
         else:  # a budget: global ranking, bisection on the ratio
@@ -292,6 +306,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------- parser
+def _latency_options(s: argparse.ArgumentParser) -> None:
+    """--backend/--batch/--threads of --latency and --target-latency."""
+    from .bench.backends import BACKENDS
+
+    s.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS),
+                   help="latency backend (default onnxruntime)")
+    s.add_argument("--batch", type=_positive, default=1, metavar="N",
+                   help="batch size the latency is measured at (default 1)")
+    s.add_argument("--threads", type=_positive, default=1, metavar="N",
+                   help="backend threads for latency (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -310,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("inspect", parents=[common, model], help="pruning groups, MACs, params")
     s.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="layers kept whole")
+    _latency_options(s)
+    s.add_argument("--latency", action="store_true",
+                   help="time every layer on --backend: the per-layer table, where the time goes")
+    s.add_argument("--top", type=_positive, default=None, metavar="N",
+                   help="with --latency: show the N slowest layers only")
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("prune", parents=[common, model], help="prune and save a model")
@@ -317,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--ratio", type=_ratio, help="fraction of each group's channels removed (default 0.5)")
     how.add_argument("--target-macs", type=_fraction, metavar="F",
                      help="fraction of the original MACs to keep (searches the ratio)")
+    how.add_argument("--target-latency", type=_fraction, metavar="F",
+                     help="fraction of the original's measured latency on --backend to keep")
+    _latency_options(s)
     s.add_argument("--criterion", default="l1", help="importance criterion (default l1): "
                    "l1, l2, random, l1-filter, slimming, sss, thinet, lasso, taylor")
     s.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",

@@ -1,0 +1,331 @@
+"""Choose widths under a measured-latency budget (``prune(..., target_latency=0.5)``).
+
+    removed = latency_budget(cg, scores, (x,), 0.5, backend="onnxruntime", batch_size=1)
+
+1. **Tables.** Every conv/linear/attention layer (``latency_sites``) is timed standalone
+   on the backend (``latency_table``, cached on disk) along each prunable width, the
+   other widths full. A layer's cost at widths (w_1, w_2, ...) is modelled as
+   ``full * prod_a T_a(w_a) / full``: exact for the bilinear in x out cost of a conv,
+   and each factor keeps the backend's steps along its axis.
+2. **Alignment.** Per layer kind and axis, the widest layer is timed at widths 1..48 and
+   ``detect_alignment`` reads the alignment off the table (ORT CPU's depthwise convs are
+   ~3x slower off multiples of 8). A group may then only stop at widths where every
+   layer it sets is aligned (or full): no ``round_to`` needed.
+3. **Selection: greedy, not knapsack.** The cost of a layer depends on two groups at
+   once (its input and its output), so the cost is not separable per group and an exact
+   multiple-choice knapsack (HALP fixes the neighbour's width per iteration to make it
+   separable) does not apply as is. Greedy removes, at each step, the group step (to its
+   next allowed width) that loses the least importance per millisecond saved, with the
+   saving recomputed exactly for the neighbours' current widths. Importance is the
+   criterion's scores divided by their group's mean (as ``select_global``) and is
+   concave in the kept count (best units kept first), which is where greedy is close
+   to optimal.
+4. **Correction.** The layer model misses what it does not time (pooling, adds, fusion,
+   per-node overhead), so the pruned model is built and measured against the original
+   (interleaved runs) and the modelled budget is corrected (secant steps inside a
+   bisection bracket) until the measured fraction is within ``tol`` of the target.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .bench.backends import BACKENDS, BackendUnavailable
+from .bench.latency import time_runners, with_batch
+from .channel_graph import ChannelGraph
+from .errors import FxPruneError
+from .latency_sites import Site, axis_widths, layer_sites
+from .latency_table import LatencyTable, detect_alignment
+from .select import make_plan
+
+__all__ = ["LatencyTargetError", "LatencyModel", "build_model", "check_latency_args",
+           "latency_budget", "removed_for"]
+
+PROBE_WIDTHS = 48  # widths 1..48 of the widest layer of a kind: three periods of 16
+MAX_STEPS = 64     # allowed widths kept per group (evenly subsampled beyond that)
+LOOKAHEAD = 8      # allowed counts a greedy move may skip ahead
+REPEATS, MIN_SECONDS = 10, 1.0  # whole-model timing of each candidate (rounds, seconds)
+
+
+class LatencyTargetError(FxPruneError):
+    """A latency target that cannot be used: bad argument, or a backend that cannot run."""
+
+
+def check_latency_args(target: float, backend: str, batch_size: int, threads: int | None) -> None:
+    """Raise ``LatencyTargetError`` naming the bad argument and the fix."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise LatencyTargetError(f"target_latency must be in (0, 1] (the fraction of the "
+                                 f"original's measured latency to keep), got {target!r}")
+    if backend not in BACKENDS:
+        raise LatencyTargetError(f"backend {backend!r} is unknown; choose from "
+                                 f"{', '.join(BACKENDS)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LatencyTargetError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise LatencyTargetError(f"threads must be a positive integer or None, got {threads!r}")
+    try:
+        BACKENDS[backend].check()
+    except BackendUnavailable as e:
+        raise LatencyTargetError(f"backend {backend!r} cannot run here: {e}") from e
+
+
+@dataclass
+class _GroupState:
+    size: int
+    steps: list[int]                 # allowed kept counts, largest first
+    kept_importance: np.ndarray      # [k] -> normalised importance of the k best units
+    axes: list[tuple[int, str, np.ndarray]] = field(default_factory=list)  # site, axis, w[k]
+
+
+@dataclass
+class LatencyModel:
+    """The layer-latency model of one model on one backend (ms at full widths etc.)."""
+
+    sites: list[Site]
+    full_ms: np.ndarray
+    profiles: list[dict[str, tuple[np.ndarray, np.ndarray]]]
+    alignment: dict[str, int]
+    groups: dict[str, _GroupState]
+
+    @property
+    def total_full_ms(self) -> float:
+        return float(self.full_ms.sum())
+
+    def _site_ms(self, i: int, widths: Mapping[str, int]) -> float:
+        ms = self.full_ms[i]
+        for axis, (w, t) in self.profiles[i].items():
+            if axis in widths:
+                ms *= float(np.interp(widths[axis], w, t)) / self.full_ms[i]
+        return ms
+
+    def site_widths(self, keep: Mapping[str, int]) -> list[dict[str, int]]:
+        out: list[dict[str, int]] = [{} for _ in self.sites]
+        for gid, k in keep.items():
+            for i, axis, w in self.groups[gid].axes:
+                out[i][axis] = int(w[k])
+        return out
+
+    def ms(self, keep: Mapping[str, int]) -> float:
+        """Modelled milliseconds of the timed layers when group g keeps keep[g] units."""
+        return sum(self._site_ms(i, w) for i, w in enumerate(self.site_widths(keep)))
+
+    def widths(self, budget_ms: float) -> dict[str, int]:
+        """Greedy: the kept count per group that fits ``budget_ms`` (see module doc)."""
+        keep = {g: s.size for g, s in self.groups.items()}
+        pos = dict.fromkeys(keep, 0)
+        cur = self.site_widths(keep)
+        cost = np.array([self._site_ms(i, w) for i, w in enumerate(cur)])
+        neighbours = self._neighbours()
+
+        def step(g: str) -> tuple[float, dict[int, dict[str, int]], dict[int, float], int]:
+            """g's best move among its next LOOKAHEAD allowed counts: (importance lost per
+            ms saved, new site widths, new site ms, step index). Looking past the next
+            count steps over plateaus and noise where one step alone saves nothing."""
+            st, best = self.groups[g], (np.inf, {}, {}, pos[g])
+            for j in range(pos[g] + 1, min(pos[g] + 1 + LOOKAHEAD, len(st.steps))):
+                k2 = st.steps[j]
+                new_w: dict[int, dict[str, int]] = {}
+                for i, axis, w in st.axes:
+                    new_w.setdefault(i, dict(cur[i]))[axis] = int(w[k2])
+                new = {i: self._site_ms(i, wi) for i, wi in new_w.items()}
+                saved = sum(cost[i] - v for i, v in new.items())
+                loss = st.kept_importance[keep[g]] - st.kept_importance[k2]
+                if saved > 1e-9 and loss / saved < best[0]:
+                    best = (loss / saved, new_w, new, j)
+            return best
+
+        ratio = {g: step(g)[0] for g in self.groups}
+        total = float(cost.sum())
+        while total > budget_ms:
+            g = min(ratio, key=ratio.__getitem__, default=None)
+            if g is None or not np.isfinite(ratio[g]):
+                break  # nothing left that saves time
+            _, new_w, new, pos[g] = step(g)
+            keep[g] = self.groups[g].steps[pos[g]]
+            for i, v in new.items():
+                cur[i], cost[i] = new_w[i], v
+            total = float(cost.sum())
+            for h in neighbours[g] | {g}:
+                ratio[h] = step(h)[0]
+        return keep
+
+    def _neighbours(self) -> dict[str, set[str]]:
+        by_site: dict[int, set[str]] = {}
+        for g, s in self.groups.items():
+            for i, _, _ in s.axes:
+                by_site.setdefault(i, set()).add(g)
+        return {g: set().union(*(by_site[i] for i, _, _ in s.axes)) if s.axes else set()
+                for g, s in self.groups.items()}
+
+
+def _steps(size: int, axes: list[tuple[int, str, np.ndarray]], sites: list[Site],
+           align: dict[str, int]) -> list[int]:
+    """Kept counts where every layer the group sets is aligned or full, largest first."""
+    ks = np.arange(1, size + 1)
+    ok = np.ones(size, dtype=bool)
+    for i, axis, w in axes:
+        a = align.get(f"{sites[i].spec.kind}.{axis}", 1)
+        full = sites[i].spec.width(axis)
+        wk = w[1:]
+        ok &= (wk > 0) & ((wk % a == 0) | (wk == full))
+    steps = ks[ok].tolist()
+    if len(steps) <= 1:  # nothing aligned below full: allow every count
+        steps = ks.tolist()
+    if len(steps) > MAX_STEPS:
+        idx = np.unique(np.linspace(0, len(steps) - 1, MAX_STEPS).round().astype(int))
+        steps = [steps[j] for j in idx]
+    if steps[-1] != size:
+        steps.append(size)
+    return sorted(set(steps), reverse=True)
+
+
+def _efficient(profile: tuple[np.ndarray, np.ndarray], width: int) -> bool:
+    """Whether ``width`` is cheaper (interpolated) than every wider measured width."""
+    ws, t = profile
+    wider = t[ws > width]
+    return wider.size == 0 or float(np.interp(width, ws, t)) < float(wider.min())
+
+
+def _probe_alignments(sites: list[Site], table: LatencyTable) -> dict[str, int]:
+    """Per layer kind and axis: the alignment the widest such layer's table shows."""
+    widest: dict[str, Site] = {}
+    for s in sites:
+        for a in s.axes:
+            key = f"{s.spec.kind}.{a.name}"
+            if key not in widest or s.macs > widest[key].macs:
+                widest[key] = s
+    out = {}
+    for key, s in sorted(widest.items()):
+        axis = key.split(".", 1)[1]
+        top = min(PROBE_WIDTHS, s.spec.width(axis))
+        out[key] = detect_alignment({w: table.ms(s.spec.at(**{axis: w}))
+                                     for w in range(1, top + 1)}) if top >= 4 else 1
+    return out
+
+
+def build_model(cg: ChannelGraph, scores: Mapping[str, np.ndarray], table: LatencyTable,
+                points: int = 6, progress: Callable[[str], None] | None = None) -> LatencyModel:
+    """Time the layers (``points`` widths per prunable axis) and set up the greedy."""
+    sites = layer_sites(cg)
+    scored = {g.id: g for g in cg.groups if g.id in scores}
+    for s in sites:
+        s.axes = [a for a in s.axes if a.group in scored]
+    if progress:
+        progress(f"probing channel alignment on {table.backend.name}")
+    align = _probe_alignments(sites, table)
+    groups: dict[str, _GroupState] = {}
+    for gid, g in scored.items():
+        sc = np.asarray(scores[gid], dtype=np.float64)
+        sc = sc / (sc.mean() + 1e-12)
+        order = np.argsort(-sc, kind="stable")
+        rank = np.empty(g.size, dtype=np.int64)
+        rank[order] = np.arange(g.size)
+        axes = [(i, a.name, axis_widths(a, rank)) for i, s in enumerate(sites)
+                for a in s.axes if a.group == gid]
+        groups[gid] = _GroupState(g.size, [], np.concatenate([[0.0], np.cumsum(sc[order])]), axes)
+        groups[gid].steps = _steps(g.size, axes, sites, align)
+    if progress:
+        progress(f"timing {len(sites)} layers")
+    full = np.array([table.ms(s.spec) for s in sites])
+    profiles: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in sites]
+    for st in groups.values():
+        for i, axis, w in st.axes:
+            ws = np.unique(w[st.steps])
+            pick = np.unique(np.linspace(0, ws.size - 1, min(points, ws.size)).round().astype(int))
+            ws = np.unique(np.concatenate([ws[pick], [sites[i].spec.width(axis)]]))
+            ws = ws[ws > 0]
+            t = np.array([table.ms(sites[i].spec.at(**{axis: int(v)})) for v in ws])
+            profiles[i][axis] = (ws.astype(np.float64), t)
+    for st in groups.values():  # never stop at a width some wider one beats on a layer
+        st.steps = [k for k in st.steps
+                    if k == st.size or all(_efficient(profiles[i][axis], w[k])
+                                           for i, axis, w in st.axes)]
+    table.save()
+    return LatencyModel(sites, full, profiles, align, groups)
+
+
+def removed_for(cg: ChannelGraph, scores: Mapping[str, np.ndarray],
+                keep: Mapping[str, int]) -> dict[str, list[int]]:
+    """The lowest-scored ``size - keep[g]`` units of each group."""
+    out = {}
+    for g in cg.groups:
+        if g.id in keep and keep[g.id] < g.size:
+            order = np.argsort(np.asarray(scores[g.id]), kind="stable")
+            out[g.id] = sorted(int(u) for u in order[:g.size - keep[g.id]])
+    return out
+
+
+def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+
+
+def latency_budget(cg: ChannelGraph, scores: Mapping[str, np.ndarray], example_inputs: Any,
+                   target: float, backend: str = "onnxruntime", batch_size: int = 1,
+                   threads: int | None = 1, settings: dict | None = None, tol: float = 0.03,
+                   max_iters: int = 6, repeats: int | None = None,
+                   min_seconds: float | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict[str, list[int]]:
+    """Units to remove so the pruned model's measured latency on ``backend`` is about
+    ``target`` x the original's (see the module docstring); ``settings`` (the plan's)
+    gains the target, the achieved fraction and the alignments found."""
+    from fxprune.passes.shrink import shrink
+
+    check_latency_args(target, backend, batch_size, threads)
+    repeats = REPEATS if repeats is None else repeats
+    min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
+    table = LatencyTable(backend, threads, batch_size)
+    try:
+        model = build_model(cg, scores, table, progress=progress)
+        be = table.backend
+        x = with_batch(_as_inputs(example_inputs), batch_size)
+        orig = be.prepare(cg.gm.eval(), x)
+        m0 = model.total_full_ms
+        tried: dict[tuple, tuple[float, float, dict]] = {}
+
+        def measure(keep: dict[str, int]) -> float:
+            sig = tuple(sorted(keep.items()))
+            if sig not in tried:
+                gm = shrink(cg, make_plan(cg, removed_for(cg, scores, keep), "latency", {}))
+                a, b = time_runners([orig, be.prepare(gm.eval(), x)], 2, repeats, min_seconds)
+                tried[sig] = (float(np.median(b)) / float(np.median(a)), 0.0, keep)
+            return tried[sig][0]
+
+        full_keep = {g: s.size for g, s in model.groups.items()}
+        (t0,) = time_runners([orig], 2, repeats, min_seconds)
+        base = float(np.median(t0))
+        rest = max(base - m0, 0.0)
+        b = float(np.clip((target * base - rest) / m0, 0.01, 1.0)) if m0 > 0 else target
+        lo, hi, history = 0.0, 1.0, []
+        for _ in range(max_iters):
+            keep = model.widths(b * m0) if b < 1 else full_keep
+            f = measure(keep)
+            history.append((b, f, keep))
+            if progress:
+                progress(f"modelled budget {b:.3f}: measured {f:.3f} of the original")
+            if abs(f / target - 1) <= tol:
+                break
+            if f > target:
+                hi = min(hi, b)
+            else:
+                lo = max(lo, b)
+            nb = b * target / max(f, 1e-6)
+            b = nb if lo < nb < hi else (lo + hi) / 2
+        under = [h for h in history if h[1] <= target * (1 + tol)]
+        b, f, keep = max(under, key=lambda h: h[1]) if under else min(history, key=lambda h: h[1])
+        if f > target * (1 + tol):
+            warnings.warn(f"target_latency={target}: the closest pruned model measured "
+                          f"{f:.3f} of the original's latency on {backend} (the layer tables "
+                          "say no further width saves time here: per-call overhead or "
+                          "kernel choice dominate); try a smaller target or batch", stacklevel=3)
+        if settings is not None:
+            settings.update(target_latency=target, backend=backend, batch_size=batch_size,
+                            threads=threads, achieved_latency=round(f, 4),
+                            alignment=dict(model.alignment))
+        return removed_for(cg, scores, keep)
+    finally:
+        table.close()

@@ -1,0 +1,252 @@
+"""Latency-aware pruning: the layer tables and their cache, alignment detection, the
+greedy width selection under a synthetic cost model, target_latency end to end."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fxprune
+from fxprune import latency_select
+from fxprune.errors import FxPruneError
+from fxprune.latency_select import LatencyTargetError, build_model, removed_for
+from fxprune.latency_table import LatencyTable, LayerSpec, detect_alignment
+from fxprune.select import keep_count
+
+
+class ThreeConvs(nn.Module):
+    """conv-bn-relu x3 then pool and fc: two prunable groups of 64 and 96 channels, each
+    setting the output of one conv and the input of the next (bilinear costs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64)
+        self.c2, self.b2 = nn.Conv2d(64, 96, 3, padding=1), nn.BatchNorm2d(96)
+        self.c3, self.b3 = nn.Conv2d(96, 64, 3, padding=1), nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        x = torch.relu(self.b3(self.c3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+CONV = LayerSpec("conv", (("in", 16), ("out", 32)),
+                 (("kernel", (3, 3)), ("stride", (1, 1)), ("padding", (1, 1)),
+                  ("dilation", (1, 1)), ("bias", False), ("spatial", (8, 8))))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FXPRUNE_CACHE", str(tmp_path))
+    return tmp_path
+
+
+# --------------------------------------------------------------- table and cache
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch-cpu"])
+def test_second_table_measures_nothing(cache, backend):
+    first = LatencyTable(backend, threads=1, batch_size=1, repeats=2)
+    a = [first.ms(CONV), first.ms(CONV.at(out=24))]
+    first.close()
+    assert first.measured == 3  # two layers and the empty model (per-call overhead)
+    second = LatencyTable(backend, threads=1, batch_size=1, repeats=2)
+    assert [second.ms(CONV), second.ms(CONV.at(out=24))] == a
+    assert second.measured == 0
+    second.close()
+
+
+def test_cache_key_changes_with_threads_and_batch(cache):
+    t1 = LatencyTable("onnxruntime", threads=1, batch_size=1, repeats=2)
+    t1.ms(CONV)
+    t1.close()
+    t2 = LatencyTable("onnxruntime", threads=2, batch_size=1, repeats=2)
+    assert t2.path != t1.path
+    t2.ms(CONV)
+    assert t2.measured > 0
+    t2.close()
+    b2 = LatencyTable("onnxruntime", threads=1, batch_size=2, repeats=2)
+    assert b2.path == t1.path and b2.entry_key(CONV) != t1.entry_key(CONV)
+    b2.ms(CONV)
+    assert b2.measured > 0
+    b2.close()
+
+
+# --------------------------------------------------------------- alignment
+def test_alignment_of_a_staircase_every_16():
+    assert detect_alignment({w: 1.0 + math.ceil(w / 16) for w in range(1, 49)}) == 16
+
+
+def test_alignment_of_a_noisy_staircase_and_of_a_cliff():
+    rng = np.random.default_rng(0)
+    noisy = {w: (1.0 + math.ceil(w / 16)) * (1 + 0.01 * rng.standard_normal())
+             for w in range(1, 49)}
+    assert detect_alignment(noisy) == 16
+    cliff = {w: w * (1.0 if w % 8 == 0 else 3.0) for w in range(1, 49)}  # slow path off 8k
+    assert detect_alignment(cliff) == 8
+
+
+def test_no_alignment_on_a_smooth_table():
+    assert detect_alignment({w: 0.1 + w for w in range(1, 49)}) == 1
+
+
+# --------------------------------------------------------------- selection
+class StepTable:
+    """A synthetic backend: conv cost ceil(in/16) * ceil(out/16) (steps every 16)."""
+
+    class backend:  # noqa: N801 - stands in for a Backend instance
+        name = "synthetic"
+
+    def ms(self, s: LayerSpec) -> float:
+        widths = dict(s.axes)
+        if s.kind == "conv":
+            return 0.01 + math.ceil(widths["in"] / 16) * math.ceil(widths["out"] / 16)
+        return 0.01 + 1e-3 * widths.get("in", 1) * widths.get("out", 1)
+
+    def save(self) -> None:
+        pass
+
+
+def _setup():
+    torch.manual_seed(0)
+    model, x = ThreeConvs().eval(), torch.randn(1, 3, 16, 16)
+    cg = fxprune.analyze(model, x, warn=False)
+    rng = np.random.default_rng(0)
+    # group importance very uneven: a few units carry most of it
+    scores = {g.id: rng.pareto(1.0, g.size) + 1e-3 for g in cg.groups}
+    return cg, scores, build_model(cg, scores, StepTable())
+
+
+def _importance(scores, keep):
+    total = 0.0
+    for gid, k in keep.items():
+        s = np.sort(scores[gid] / scores[gid].mean())[::-1]
+        total += s[:k].sum()
+    return total
+
+
+def test_selection_hits_the_budget_on_aligned_widths():
+    cg, scores, model = _setup()
+    assert {k: v for k, v in model.alignment.items() if k.startswith("conv")} == \
+        {"conv.in": 16, "conv.out": 16}  # the linear layer's synthetic cost is smooth: 1
+    budget = 0.5 * model.total_full_ms
+    keep = model.widths(budget)
+    assert model.ms(keep) <= budget
+    assert model.ms(keep) >= 0.35 * model.total_full_ms  # not far below: one step is small
+    for gid, k in keep.items():
+        assert k % 16 == 0 or k == cg.group(gid).size, (gid, k)
+
+
+def _true_ms(model, keep):
+    """The synthetic backend's own cost (not the model's interpolation) of ``keep``."""
+    return sum(StepTable().ms(s.spec.at(**w)) for s, w in zip(model.sites, model.site_widths(keep)))
+
+
+def test_selection_keeps_more_importance_than_uniform_ratio():
+    cg, scores, model = _setup()
+    budget = 0.5 * model.total_full_ms
+    keep = model.widths(budget)
+    assert _true_ms(model, keep) <= budget
+    uniform = None
+    for r in np.linspace(0.0, 0.99, 100):  # the smallest uniform ratio that fits the budget
+        k = {gid: keep_count(cg.group(gid).size, r) for gid in model.groups}
+        if _true_ms(model, k) <= budget:
+            uniform = k
+            break
+    assert uniform is not None
+    assert _importance(scores, keep) > _importance(scores, uniform)
+    removed = removed_for(cg, scores, keep)
+    for gid, units in removed.items():  # the lowest-scored units go
+        assert max(scores[gid][units]) <= min(np.delete(scores[gid], units))
+
+
+def test_second_model_build_measures_nothing(cache):
+    torch.manual_seed(0)
+    model, x = ThreeConvs().eval(), torch.randn(1, 3, 16, 16)
+    cg = fxprune.analyze(model, x, warn=False)
+    scores = {g.id: np.ones(g.size) for g in cg.groups}
+    tables = []
+    for _ in range(2):  # the second table loads what the first saved
+        tables.append(LatencyTable("onnxruntime", 1, 1, repeats=2))
+        build_model(cg, scores, tables[-1], points=3)
+        tables[-1].close()
+    assert tables[0].measured > 0 and tables[1].measured == 0
+
+
+# --------------------------------------------------------------- end to end
+def test_target_latency_end_to_end_on_onnxruntime(cache, monkeypatch):
+    monkeypatch.setattr(latency_select, "MIN_SECONDS", 0.3)
+    torch.manual_seed(0)
+    model, x = ThreeConvs().eval(), torch.randn(1, 3, 32, 32)
+    res = fxprune.prune(model, x, target_latency=0.5, backend="onnxruntime", threads=1)
+    s = res.plan.settings
+    assert s["target_latency"] == 0.5 and s["backend"] == "onnxruntime"
+    assert 0.2 <= s["achieved_latency"] <= 0.8  # loose: a unit test on a busy machine
+    assert fxprune.count(res.module, x).macs < fxprune.count(model, x).macs
+    assert res.module(x).shape == model(x).shape
+    assert fxprune.PruningPlan.from_json(res.plan.to_json()) == res.plan
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(target_latency=0.0), "target_latency"), (dict(target_latency=1.5), "target_latency"),
+    (dict(target_latency=-1), "target_latency"),
+    (dict(target_latency=0.5, backend="nope"), "backend 'nope'"),
+    (dict(target_latency=0.5, batch_size=0), "batch_size"),
+])
+def test_bad_latency_arguments_are_named(kw, needle):
+    with pytest.raises(LatencyTargetError, match=needle) as e:
+        fxprune.prune(ThreeConvs().eval(), torch.randn(1, 3, 8, 8), **kw)
+    assert isinstance(e.value, FxPruneError)
+
+
+def test_cli_inspect_latency(cache, capsys):
+    from fxprune import cli
+
+    assert cli.main(["inspect", "cifar:resnet20", "--latency", "--top", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "rest of the model" in text and "alignment" in text
+
+
+# --------------------------------------------------------------- faster shrink stages
+def test_shrink_fast_equals_shrink():
+    """kept_indices_fast / copy_except give the same pruned module as passes.shrink, and
+    leave the original's tensors untouched."""
+    from fxprune.passes.shrink import kept_indices, shrink
+    from fxprune.shrink_fast import kept_indices_fast, shrink_fast
+
+    torch.manual_seed(0)
+    model, x = ThreeConvs().eval(), torch.randn(2, 3, 8, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = fxprune.dead_channel_plan(model, x, fraction=0.4, seed=1)
+    cg, plan = res.graph, res.plan
+    a, b = kept_indices(cg, plan), kept_indices_fast(cg, plan)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    slow, fast = shrink(cg, plan), shrink_fast(cg, plan)
+    assert slow.state_dict().keys() == fast.state_dict().keys()
+    assert all(torch.equal(slow.state_dict()[k], fast.state_dict()[k]) for k in slow.state_dict())
+    assert torch.equal(slow(x), fast(x))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(t.numel() > 0 for t in cg.gm.state_dict().values())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is absent")
+@pytest.mark.parametrize("backend", ["torch-cuda", "tensorrt"])
+def test_absent_gpu_backends_say_why(backend):
+    with pytest.raises(LatencyTargetError, match="cannot run here"):
+        fxprune.prune(ThreeConvs().eval(), torch.randn(1, 3, 8, 8), target_latency=0.5,
+                      backend=backend)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_norm_scores_fast_equal_magnitude_scores(p):
+    from fxprune.passes.magnitude import l1_scores, l2_scores
+    from fxprune.shrink_fast import norm_scores_fast
+
+    torch.manual_seed(0)
+    cg = fxprune.analyze(ThreeConvs().eval(), torch.randn(1, 3, 8, 8), warn=False)
+    slow, fast = (l1_scores if p == 1 else l2_scores)(cg), norm_scores_fast(cg, p)
+    assert slow.keys() == fast.keys()
+    assert all(np.allclose(slow[k], fast[k], rtol=1e-12) for k in slow)

@@ -119,9 +119,6 @@ def _fx_fails(reason: str):
     return pytest.mark.xfail(strict=True, reason=f"fx frontend today: {reason}")
 
 
-_EMBEDDING_IDS = pytest.mark.xfail(strict=True, reason=(
-    "export frontend today: shrink re-propagates shapes on torch.empty inputs, so token ids "
-    "are garbage and aten.embedding raises IndexError (passes/shrink_export.refresh_meta)"))
 _EXPORT = pytest.mark.skipif(not HAS_FRONTEND, reason="fxprune.prune has no frontend argument yet")
 CASES = [
     pytest.param(timm_resnet, "fx", id="timm_resnet10t-fx"),
@@ -132,11 +129,11 @@ CASES = [
     pytest.param(timm_vit, "export", id="timm_vit-export", marks=_EXPORT),
     pytest.param(hf_bert, "fx", id="hf_bert-fx", marks=_fx_fails(
         "symbolic tracing fails inside transformers (co_varnames is too small)")),
-    pytest.param(hf_bert, "export", id="hf_bert-export", marks=[_EXPORT, _EMBEDDING_IDS]),
+    pytest.param(hf_bert, "export", id="hf_bert-export", marks=_EXPORT),
     pytest.param(hf_llama_gqa, "fx", id="hf_llama_gqa-fx", marks=_fx_fails(
         "symbolic tracing fails inside transformers (co_varnames is too small)")),
     pytest.param(hf_llama_gqa, "export", id="hf_llama_gqa-export",
-                 marks=[_EXPORT, _EMBEDDING_IDS]),
+                 marks=_EXPORT),
     pytest.param(yolov8n, "fx", id="yolov8n-fx", marks=_fx_fails(
         "DetectionModel.forward iterates a Proxy")),
     pytest.param(yolov8n, "export", id="yolov8n-export", marks=_EXPORT),

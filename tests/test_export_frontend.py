@@ -351,3 +351,26 @@ def test_tiny_bert_heads_and_mlp_exact() -> None:
     model = transformers.BertForSequenceClassification(cfg).eval()
     res = _run_and_check(model, torch.randint(0, 100, (1, 16)))
     assert "bert.encoder.layer.0.attention.self.query.weight:0" in res.plan.removed
+
+
+class _EinsumAttention(torch.nn.Module):
+    """Relative-position attention written with einsum (torchvision's MViT does this)."""
+
+    def __init__(self, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attn = torch.einsum("bhqd,bhkd->bhqk", q, k).softmax(-1)
+        return self.proj(torch.einsum("bhqk,bhkd->bhqd", attn, v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_einsum_is_not_a_barrier_at_aten_level() -> None:
+    model, x = _EinsumAttention().eval(), torch.randn(2, 5, 16)
+    cg = fxprune.analyze(model, x, frontend="export")
+    assert not [fg for fg in cg.frozen if fg.barrier]
+    dead = fxprune.dead_channel_plan(model, x, frontend="export")
+    assert any(dead.plan.removed.values())
+    assert fxprune.verify(model, dead, x) < 1e-5

@@ -366,7 +366,8 @@ ATEN_RULES: dict = {
               "upsample_trilinear3d": pooling(3), "_upsample_nearest_exact2d": pooling(2),
               "_upsample_bilinear2d_aa": pooling(2)}),
     # attention
-    **_table({"scaled_dot_product_attention": A.sdpa}),
+    **_table({"scaled_dot_product_attention": A.sdpa,
+              "einsum": A.einsum}),  # einsum(equation, [operands]): letters shared are one dim
     # shapes only, and tensors of fixed size
     **_table({"sym_size": E.sink, "sym_numel": E.sink, "sym_stride": E.sink, "size": E.sink}),
     **_table({n: created for n in _FIXED_SIZE}),

@@ -187,8 +187,11 @@ def _hf(cls_name: str, cfg_name: str, cfg: dict, inputs: Callable[[Any], tuple],
 
 _BERT = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
              vocab_size=30522, max_position_embeddings=512)
-_DECODER = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=2,
-                num_attention_heads=8, num_key_value_heads=2, vocab_size=32000,
+# Decoders scaled down with a real LLM's proportions: a full 32k-50k vocabulary over a tiny
+# hidden size would make the (ignored) LM head ~90% of the MACs, where it is 2-25% in
+# real models, and then no pruning of heads and MLPs could remove 30% of the MACs.
+_DECODER = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                num_attention_heads=8, num_key_value_heads=2, vocab_size=8000,
                 max_position_embeddings=2048, use_cache=False)
 _VISION = dict(image_size=224, num_labels=1000)
 
@@ -208,7 +211,8 @@ def _hf_entries() -> list[Entry]:
         ("distilbert", "DistilBertModel", "DistilBertConfig",
          dict(dim=256, n_layers=4, n_heads=4, hidden_dim=1024), _ids()),
         ("gpt2_lm", "GPT2LMHeadModel", "GPT2Config",
-         dict(n_embd=256, n_layer=4, n_head=4, n_positions=512, use_cache=False), _ids()),
+         dict(n_embd=512, n_layer=4, n_head=8, n_positions=512, vocab_size=8000,
+              use_cache=False), _ids()),
         ("llama_gqa", "LlamaForCausalLM", "LlamaConfig", _DECODER, _ids()),
         ("qwen2_gqa", "Qwen2ForCausalLM", "Qwen2Config", _DECODER, _ids()),
         ("mistral_gqa", "MistralForCausalLM", "MistralConfig", _DECODER, _ids()),

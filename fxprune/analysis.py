@@ -100,7 +100,7 @@ def _run_node(space, node, refs, params, gm) -> None:
             and isinstance(src, fx.Node) and len(refs.get(src.name, [])) != 1):
         parts, out = refs.get(src.name, []), ctx_refs(node)
         idx = node.args[1]
-        if isinstance(idx, int) and idx < len(parts) and parts[idx] is not None and out:
+        if isinstance(idx, int) and -len(parts) <= idx < len(parts) and parts[idx] is not None and out:
             space.couple_all(parts[idx], out[0], node.name)
         return
     module = gm.get_submodule(node.target) if node.op == "call_module" else None

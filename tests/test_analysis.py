@@ -252,3 +252,24 @@ def test_zeroing_a_units_slices_equals_pruning_it(name: str) -> None:
             effective += not torch.equal(want, full)
     assert effective > 0, f"{name}: zeroing units never changed the output; the check is vacuous"
 
+
+
+class _NegativeShapeIndex(torch.nn.Module):
+    """``x.shape[-1]`` (timm's DaViT, GCViT): a negative getitem on a value with no tensor
+    parts used to raise IndexError inside the analysis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.out = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        return self.out(y.reshape(y.shape[0], y.shape[1], y.shape[-2], y.shape[-1]))
+
+
+def test_negative_index_into_a_shape_is_no_error() -> None:
+    model, x = _NegativeShapeIndex().eval(), torch.randn(1, 3, 6, 6)
+    cg = fxprune.analyze(model, x, frontend="fx")
+    assert any(g.size == 8 for g in cg.groups)
+    dead = fxprune.dead_channel_plan(model, x, frontend="fx")
+    assert fxprune.verify(model, dead, x) < 1e-5

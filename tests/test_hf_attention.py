@@ -126,8 +126,9 @@ class BiasedHeads(nn.Module):
         self.bias = nn.Parameter(torch.randn(heads, seq, seq))
 
     def forward(self, x):
-        B, S, E = x.shape
-        q, k, v = (t.view(B, S, self.heads, -1).transpose(1, 2) for t in self.qkv(x).split(E, -1))
+        B, S, E = x.shape[0], x.shape[1], x.shape[2]  # no unpacking: fx traces it too
+        parts = self.qkv(x).split(E, -1)
+        q, k, v = (parts[i].view(B, S, self.heads, -1).transpose(1, 2) for i in range(3))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.unsqueeze(0))
         return self.proj(y.transpose(1, 2).reshape(B, S, E))
 
@@ -173,14 +174,16 @@ class CenteredMLP(nn.Module):
         return self.fc2(h - h.mean(-1, keepdim=True))
 
 
-def _toy(model: nn.Module):
+def _toy(model: nn.Module, frontend: str = "export"):
     torch.manual_seed(0)
     model = model.eval()
-    return model, fxprune.analyze(model, TOKENS, frontend="export", warn=False)
+    return model, fxprune.analyze(model, TOKENS, frontend=frontend, warn=False)
 
 
-def test_per_head_bias_mask_follows_the_heads():
-    model, cg = _toy(BiasedHeads())
+@pytest.mark.parametrize("frontend", ["export", "fx"])
+def test_per_head_bias_mask_follows_the_heads(frontend):
+    """F.scaled_dot_product_attention on the fx path uses the same rule as the ATen op."""
+    model, cg = _toy(BiasedHeads(), frontend)
     g = _group_of(cg, "bias", 0)
     assert g.size == 4 and not g.mixing
     assert _group_of(cg, "qkv.weight", 0) is g and _group_of(cg, "proj.weight", 1) is g

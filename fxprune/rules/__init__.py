@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import aten_attention as AA
 from . import attention as A
 from . import elementwise as E
 from . import functional as FN
@@ -112,7 +113,9 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     torch.split: S.split, torch.chunk: S.split, torch.unbind: S.unbind,
     torch.roll: S.roll, F.pad: S.pad,
     torch.matmul: A.matmul, operator.matmul: A.matmul, torch.bmm: A.matmul,
-    torch.einsum: A.einsum, F.scaled_dot_product_attention: A.sdpa,
+    torch.einsum: A.einsum,
+    # same arguments as the ATen op: one rule ties heads, GQA groups and per-head masks
+    F.scaled_dot_product_attention: AA.sdpa,
     F.softmax: E.softmax_like, torch.softmax: E.softmax_like, F.log_softmax: E.softmax_like,
     torch.log_softmax: E.softmax_like,
     torch.mean: _p(E.reduction, inert_zero=False), torch.amax: _p(E.reduction, inert_zero=False),

@@ -130,8 +130,8 @@ def test_kv_group_scored_with_its_query_heads():
         assert torch.all(sg[a.key] >= per_query.max(1).values - 1e-6)
 
 
-def test_round_trip_fresh_process_same_logits(tmp_path):
-    """save_pretrained -> from_pretrained in a subprocess without fxprune -> same logits."""
+def _save_all(tmp_path) -> list[tuple[str, str]]:
+    """Prune every family (and a tied Llama with hidden pruning), save_pretrained, keep logits."""
     jobs = []
     for name in FAMILIES:
         model, ids = _model(name)
@@ -147,6 +147,27 @@ def test_round_trip_fresh_process_same_logits(tmp_path):
     pruned.save_pretrained(tmp_path / "hidden")
     torch.save({"ids": ids, "logits": _logits(pruned, ids)}, tmp_path / "hidden" / "expect.pt")
     jobs.append((str(tmp_path / "hidden"), "AutoModelForCausalLM"))
+    return jobs
+
+
+def test_round_trip_from_pretrained_same_logits(tmp_path):
+    """In this process (fast): from_pretrained through the Auto classes gives the same logits."""
+    import transformers
+
+    for d, auto in _save_all(tmp_path):
+        m = getattr(transformers, auto).from_pretrained(d).eval()
+        e = torch.load(Path(d) / "expect.pt")
+        got = _logits(m, e["ids"])
+        assert float((got - e["logits"]).abs().max() / e["logits"].abs().max()) <= 1e-5, d
+    saved = json.loads((tmp_path / "hidden" / "config.json").read_text())
+    assert saved["hidden_size"] == 32 and saved["head_dim"] == 8
+
+
+@pytest.mark.slow
+def test_round_trip_fresh_process_same_logits(tmp_path):
+    """save_pretrained -> from_pretrained in a subprocess without fxprune -> same logits
+    (slow only because a fresh interpreter imports transformers: ~20 s on 2 busy cores)."""
+    jobs = _save_all(tmp_path)
     script = (
         "import json, sys, torch, transformers\n"
         "res = []\n"
@@ -166,8 +187,6 @@ def test_round_trip_fresh_process_same_logits(tmp_path):
     assert len(res) == len(jobs)
     for d, rel, cls in res:
         assert rel <= 1e-5, (d, rel)
-    saved = json.loads((tmp_path / "hidden" / "config.json").read_text())
-    assert saved["hidden_size"] == 32 and saved["head_dim"] == 8
 
 
 @pytest.mark.parametrize("name", DECODERS + ("gpt2",))

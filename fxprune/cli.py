@@ -214,6 +214,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     from . import io
 
+    if args.model.startswith("hf:"):  # a local Hugging Face checkpoint in, one out
+        from .hf_cli import prune_command
+
+        return prune_command(args, out, err)
+
     model, x, _, spec = _load(args.model, args.input_shape)
     kw = dict(criterion=args.criterion, ignore=_resolve_ignore(model, args.ignore),
               global_ranking=args.global_ranking, round_to=args.round_to,

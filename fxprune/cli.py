@@ -160,6 +160,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         out.print(f)
     out.print(f"MACs {counts.macs / 1e6:,.2f}M   params {counts.params / 1e6:,.3f}M   "
               f"input {tuple(x[0].shape)}")
+    out.print(f"frontend {cg.frontend}: {escape(cg.frontend_reason)}")  # frontend_export.py
     return 0
 
 

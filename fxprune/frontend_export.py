@@ -80,11 +80,16 @@ class ExportTraced(Traced):
         if specs:  # GraphModule.__deepcopy__ restores these
             gm.meta["_user_preserved_attributes"] = dict(specs)
         gm.meta["fxprune.frontend"] = (self.frontend, self.frontend_reason)
-        named = dict(gm.named_modules())
-        for name, mode in self.modes:
-            if name in named:
-                named[name].training = mode
+        _set_modes(gm, self.modes)
         return gm
+
+
+def _set_modes(gm: torch.nn.Module, modes: tuple[tuple[str, bool], ...]) -> None:
+    """The user's train/eval flags on the modules of the same name."""
+    named = dict(gm.named_modules())
+    for name, mode in modes:
+        if name in named:
+            named[name].training = mode
 
 
 # ---- capture ----------------------------------------------------------------
@@ -104,27 +109,77 @@ def export_graph(model: torch.nn.Module, example_inputs: Any, *, reason: str = "
     """Capture ``model`` with torch.export (in eval mode) and normalise the graph."""
     inputs = as_tuple(example_inputs)
     modes = _modes(model)
+    state = _attributes(model)
     model.eval()
     try:
         ep = _export_fn()(model, inputs, strict=False)
     except Exception as e:
         raise TraceError(_export_error(model, e)) from e
     finally:
-        named = dict(model.named_modules())
-        for name, mode in modes:
-            named[name].training = mode
-    root = ep.module()
+        _restore(state)
+        _set_modes(model, modes)
+    exported = ep.module()
+    _normalise(exported, exported.graph)
+    # a plain GraphModule: the exported one refuses train()/eval()
+    root = fx.GraphModule(exported, exported.graph, type(model).__name__)
+    for a in _SPEC_ATTRS:
+        if hasattr(exported, a):
+            setattr(root, a, getattr(exported, a))
+    _set_modes(root, modes)
     graph = root.graph
-    _normalise(root, graph)
     leaves = [t for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)]
     try:
-        with torch.no_grad():
-            propagate_shapes(root, tuple(leaves), graph)
+        if not _shapes_from_export(graph):
+            with torch.no_grad():
+                propagate_shapes(root, tuple(leaves), graph)
     except Exception as e:
         raise TraceError(f"the exported graph of {type(model).__name__} failed on the example "
                          f"inputs: {type(e).__name__}: {e}") from e
     return ExportTraced(root, graph, type(model).__name__, frontend="export",
                         frontend_reason=reason or "frontend='export' requested", modes=modes)
+
+
+_MODULE_STATE = ("_parameters", "_buffers", "_modules")
+
+
+def _attributes(model: torch.nn.Module) -> list[tuple[torch.nn.Module, dict]]:
+    """Each module's plain attributes. Non-strict export runs forward on fake tensors, and a
+    forward that caches into ``self`` (Ultralytics' Detect: ``self.anchors = ...``) would
+    leave fake tensors in the user's model."""
+    return [(m, {k: v for k, v in vars(m).items() if k not in _MODULE_STATE})
+            for m in model.modules()]
+
+
+def _restore(state: list[tuple[torch.nn.Module, dict]]) -> None:
+    for m, attrs in state:
+        for k in [k for k in vars(m) if k not in _MODULE_STATE and k not in attrs]:
+            delattr(m, k)
+        for k, v in attrs.items():
+            if vars(m).get(k, _MISSING) is not v:
+                m.__dict__[k] = v
+
+
+_MISSING = object()
+
+
+def _shapes_from_export(graph: fx.Graph) -> bool:
+    """Shapes read off export's FakeTensors (``node.meta["val"]``), as propagate_shapes
+    records them; False (nothing written) if a node that needs one has none."""
+    from .shapes import _record
+
+    todo = []
+    for n in graph.nodes:
+        if n.op == "get_attr" and n.target.endswith("training"):
+            todo.append((n, False))  # the traced mode is eval
+        elif n.op == "call_function" and n.target is count_batch:
+            continue
+        elif n.op in ("placeholder", "get_attr", "call_function"):
+            if "val" not in n.meta:
+                return False
+            todo.append((n, n.meta["val"]))
+    for n, value in todo:
+        _record(n, value)
+    return True
 
 
 def _export_error(model: torch.nn.Module, e: Exception) -> str:

@@ -152,3 +152,38 @@ BUILDERS: dict[str, Callable] = {name: globals()[name] for name in TEXT + VISION
 def build(name: str):
     """``(model, example_inputs, ignore)`` of one tiny model by name."""
     return BUILDERS[name]()
+
+
+def summary(name: str, ratio: float = 0.5) -> dict:
+    """Groups, frozen groups, MACs before/after ``prune(ratio)`` (LM head / classifier
+    ignored) and the dead-channel oracle's difference, for one tiny model."""
+    import time
+
+    import fxprune
+    from fxprune.count import count
+
+    model, x, ignore = build(name)
+    start = time.perf_counter()
+    cg = fxprune.analyze(model, x, frontend="export", warn=False)
+    seconds = time.perf_counter() - start
+    pruned = fxprune.prune(model, x, ratio=ratio, ignore=ignore, frontend="export")
+    dead = fxprune.dead_channel_plan(model, x, 0.5, frontend="export")
+    before, after = count(cg.gm, x), count(pruned.module, x)
+    return {"model": name, "groups": len(cg.groups), "mixing": sum(g.mixing for g in cg.groups),
+            "frozen": len(cg.frozen), "macs": before.macs, "macs_pruned": after.macs,
+            "params": before.params, "params_pruned": after.params,
+            "dead_channel_diff": fxprune.verify(model, dead, x), "analyze_s": seconds}
+
+
+if __name__ == "__main__":  # PYTHONPATH=. python tests/hf_models.py [name ...]: the report table
+    import sys
+
+    print("| model | groups (mixing) | frozen | MMACs | pruned (ratio 0.5) | params | pruned | "
+          "dead-channel diff | analyze s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n in sys.argv[1:] or BUILDERS:
+        r = summary(n)
+        print(f"| {n} | {r['groups']} ({r['mixing']}) | {r['frozen']} | {r['macs'] / 1e6:.3f} | "
+              f"{r['macs_pruned'] / 1e6:.3f} ({1 - r['macs_pruned'] / r['macs']:.0%} off) | "
+              f"{r['params'] / 1e3:.1f}k | {r['params_pruned'] / 1e3:.1f}k | "
+              f"{r['dead_channel_diff']:.1e} | {r['analyze_s']:.1f} |", flush=True)

@@ -299,3 +299,10 @@ def test_yolov8n_prunes_through_export_keeping_detect_shapes() -> None:
     assert flat(out) == flat(ref)
     before, after = fxprune.count(model, x), fxprune.count(res.module, x)
     assert after.macs < 0.7 * before.macs
+
+
+def test_inspect_says_which_frontend(capsys) -> None:
+    from fxprune import cli
+
+    assert cli.main(["inspect", "resnet18", "--input-shape", "1,3,32,32"]) == 0
+    assert "frontend fx: auto: symbolic torch.fx traced" in capsys.readouterr().out

@@ -183,11 +183,16 @@ def _shapes_from_export(graph: fx.Graph) -> bool:
 
 
 def _export_error(model: torch.nn.Module, e: Exception) -> str:
+    from .trace import _user_frame
+
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return (f"torch.export could not capture {type(model).__name__}: {type(e).__name__}: {first}\n"
-            "  fix: code that branches on tensor values (if x.sum() > 0, .item()) cannot be "
-            "captured by either frontend; make the branch depend on shapes or arguments only, "
-            "or prune the part of the model that has no such code")
+            f"  at {_user_frame(e)}\n" + (
+                "  fix: code that branches on tensor values (if x.sum() > 0, .item()) cannot be "
+                "captured by either frontend; make the branch depend on shapes or arguments "
+                "only, or prune the part of the model that has no such code"
+                if "data-dependent" in str(e) or "DataDependent" in type(e).__name__ else
+                "  fix: try frontend='fx' (with leaf_modules= for the module at this line)"))
 
 
 # ---- normalisation ------------------------------------------------------------
@@ -322,7 +327,8 @@ def _export_after(model, example_inputs, fx_error: TraceError) -> ExportTraced:
     try:
         return export_graph(model, example_inputs, reason=why)
     except TraceError as e:
-        raise TraceError(f"{fx_error}\n  torch.export failed too: {_first_line(e)}") from fx_error
+        lines = str(e).strip().splitlines()
+        raise TraceError(f"{fx_error}\n  torch.export failed too: " + "\n  ".join(lines[:2])) from fx_error
 
 
 def analyze_frontend(model: torch.nn.Module, example_inputs: Any, frontend: str,

@@ -186,11 +186,12 @@ def refresh_meta(gm: fx.GraphModule) -> None:
     ``val`` of every tensor node from it (same device and dtype as before)."""
     from fxprune.shapes import propagate_shapes
 
-    inputs = [torch.empty(n.meta["tensor_meta"].shape, dtype=n.meta["tensor_meta"].dtype)
+    # zeros: valid indices for integer inputs (embedding) if the run falls back to real tensors
+    inputs = [torch.zeros(n.meta["tensor_meta"].shape, dtype=n.meta["tensor_meta"].dtype)
               for n in gm.graph.nodes if n.op == "placeholder" and "tensor_meta" in n.meta]
     propagate_shapes(gm, tuple(inputs))
     try:
-        from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+        from torch._subclasses.fake_tensor import FakeTensorMode
     except ImportError:
         return
     mode = FakeTensorMode()

@@ -306,3 +306,48 @@ def test_inspect_says_which_frontend(capsys) -> None:
 
     assert cli.main(["inspect", "resnet18", "--input-shape", "1,3,32,32"]) == 0
     assert "frontend fx: auto: symbolic torch.fx traced" in capsys.readouterr().out
+
+
+def test_saved_export_result_loads_back(tmp_path) -> None:
+    from fxprune import io
+
+    torch.manual_seed(0)
+    model = SamePad().eval()
+    res = fxprune.prune(model, X, 0.5)  # auto -> export: the plan records it
+    assert res.plan.settings["frontend"] == "export"
+    with torch.no_grad():  # the trained weights: the loaded module must carry them
+        res.module.get_parameter("fc.weight").mul_(2)
+    io.save(tmp_path / "m", res, example_inputs=(X,))
+    back = io.load(tmp_path / "m", lambda: SamePad())
+    assert back.graph.frontend == "export"
+    with torch.no_grad():
+        assert torch.equal(back.module.eval()(X), res.module.eval()(X))
+
+
+class TokenMLP(nn.Module):
+    """Integer token inputs (embedding) and an MLP: the rewrite runs on integer inputs too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(ids)
+        return h + self.down(F.gelu(self.up(h)))
+
+
+def test_integer_inputs_prune_exactly() -> None:
+    ids = torch.randint(0, 50, (2, 7))
+    res = _run_and_check(TokenMLP().eval(), ids)
+    assert [g for g in res.plan.removed] == ["up.weight:0"]
+
+
+@pytest.mark.slow
+def test_tiny_bert_heads_and_mlp_exact() -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, vocab_size=100)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    res = _run_and_check(model, torch.randint(0, 100, (1, 16)))
+    assert "bert.encoder.layer.0.attention.self.query.weight:0" in res.plan.removed

@@ -36,8 +36,9 @@ from .hf_apply import HFPlan, build_pruned, dead_unit_oracle, finish, swap_in
 from .hf_layout import FAMILIES, HFLayoutError, UnitSet, family_of
 from .hf_scores import CRITERIA, as_batch, score_units
 
-__all__ = ["prune", "plan", "apply", "check", "save", "load", "is_uniform", "dead_unit_oracle", "HFPlan",
-           "MissingDependencyError", "NonUniformCheckpointError", "require_transformers"]
+__all__ = ["prune", "plan", "apply", "check", "save", "load", "is_uniform", "dead_unit_oracle",
+           "HFPlan", "MissingDependencyError", "NonUniformCheckpointError",
+           "require_transformers"]
 
 KINDS = ("heads", "mlp", "hidden")
 FORMAT_FILE = "fxprune_hf.json"
@@ -55,7 +56,8 @@ def require_transformers():
     try:
         import transformers
     except ImportError as e:
-        raise MissingDependencyError("fxprune.hf needs transformers: pip install 'fxprune[hf]'") from e
+        raise MissingDependencyError(
+            "fxprune.hf needs transformers: pip install 'fxprune[hf]'") from e
     return transformers
 
 
@@ -107,7 +109,7 @@ def _remove_global(sets: list[UnitSet], scores: dict, ratio: float) -> dict[tupl
 def plan(model: nn.Module, example_inputs: Any = None, *, ratio: float | dict[str, float] = 0.3,
          criterion: str = "l2", uniform: bool = True, prune_hidden: bool = False,
          gqa: str = "groups", calibration: Iterable[Any] | None = None) -> HFPlan:
-    """Which units to remove. ``ratio``: one fraction, or ``{"heads": .., "mlp": .., "hidden": ..}``."""
+    """Which units to remove; ``ratio``: one fraction, or a fraction per "heads"/"mlp"/"hidden"."""
     require_transformers()
     if gqa not in ("groups", "queries"):
         raise FxPruneError(f"gqa={gqa!r}: expected 'groups' (remove whole KV groups) or "
@@ -188,7 +190,8 @@ def _layer_widths(model: nn.Module) -> list[dict[str, int]]:
     rows = []
     for name, mod in model.named_modules():
         if hasattr(mod, "q_proj") and hasattr(mod, "k_proj") and hasattr(mod, "o_proj"):
-            rows.append({"layer": name, "q": mod.q_proj.out_features, "kv": mod.k_proj.out_features})
+            rows.append({"layer": name, "q": mod.q_proj.out_features,
+                         "kv": mod.k_proj.out_features})
         if hasattr(mod, "down_proj") and hasattr(mod, "gate_proj"):
             rows.append({"layer": name, "mlp": mod.down_proj.in_features})
     return rows
@@ -268,4 +271,6 @@ def load(path: str | os.PathLike) -> nn.Module:
 def _hf_class(transformers, path: Path):
     cfg = json.loads((path / "config.json").read_text())
     arch = (cfg.get("architectures") or [None])[0]
-    return getattr(transformers, arch) if arch and hasattr(transformers, arch) else transformers.AutoModel
+    if arch and hasattr(transformers, arch):
+        return getattr(transformers, arch)
+    return transformers.AutoModel

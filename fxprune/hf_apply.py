@@ -26,7 +26,7 @@ __all__ = ["HFPlan", "keep_masks", "build_pruned", "dead_unit_oracle", "swap_in"
 
 @dataclass(frozen=True)
 class HFPlan:
-    """Removed units per unit set, ``{(kind, layer): (unit, ...)}``, and the settings that made it."""
+    """Removed units per unit set, ``{(kind, layer): (unit, ...)}``, and how they were chosen."""
 
     family: str
     gqa: str
@@ -51,7 +51,8 @@ def _entries(slot: Slot, units, size: int) -> torch.Tensor:
     return (slot.offset + u[:, None] * slot.block + torch.arange(slot.block)).reshape(-1)
 
 
-def keep_masks(plan: HFPlan, params: dict[str, torch.Tensor]) -> dict[tuple[str, int], torch.Tensor]:
+def keep_masks(plan: HFPlan,
+               params: dict[str, torch.Tensor]) -> dict[tuple[str, int], torch.Tensor]:
     """``{(param, dim): bool mask}`` of the entries that survive, for every touched (param, dim)."""
     masks: dict[tuple[str, int], torch.Tensor] = {}
     for s in plan.sets:

@@ -83,6 +83,7 @@ def prune_command(args: Any, out, err) -> int:
             shutil.copy2(src / name, Path(args.out) / name)
     n0 = sum(p.numel() for p in model.parameters())
     n1 = sum(p.numel() for p in pruned.parameters())
+    what = "an HF checkpoint" if kind == "hf" else "fxprune's per-layer format"
     out.print(f"{type(model).__name__}: {n0 / 1e6:,.2f}M -> {n1 / 1e6:,.2f}M params "
-              f"({n1 / n0:.1%}); wrote {'an HF checkpoint' if kind == 'hf' else kind} to {args.out}")
+              f"({n1 / n0:.1%}); wrote {what} to {args.out}")
     return 0

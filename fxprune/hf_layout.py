@@ -32,12 +32,12 @@ __all__ = ["Slot", "UnitSet", "Family", "HFLayoutError", "family_of", "FAMILIES"
 
 
 class HFLayoutError(FxPruneError):
-    """A Hugging Face model whose layout fxprune.hf does not know, or a width its config cannot hold."""
+    """An HF model whose layout fxprune.hf does not know, or a width its config cannot hold."""
 
 
 @dataclass(frozen=True)
 class Slot:
-    """Unit ``i`` owns ``param[..., offset + i*block : offset + (i+1)*block, ...]`` along ``dim``."""
+    """Unit ``i`` owns entries ``offset + i*block ..< offset + (i+1)*block`` of ``param.dim``."""
 
     param: str
     dim: int
@@ -183,7 +183,8 @@ class GPT2(Family):
     def mlp(self, model: nn.Module, p: str, i: int, gqa: str) -> UnitSet:
         cfg, m = model.config, f"{p}.mlp"
         width = cfg.n_inner or 4 * cfg.n_embd
-        slots = (Slot(f"{m}.c_fc.weight", 1), Slot(f"{m}.c_fc.bias", 0), Slot(f"{m}.c_proj.weight", 0))
+        slots = (Slot(f"{m}.c_fc.weight", 1), Slot(f"{m}.c_fc.bias", 0),
+                 Slot(f"{m}.c_proj.weight", 0))
         return UnitSet("mlp", i, width, slots, ((f"{m}.c_proj", False),))
 
     def new_config_values(self, cfg, widths: dict[str, int], gqa: str) -> dict[str, int]:

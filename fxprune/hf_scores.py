@@ -32,13 +32,13 @@ CRITERIA = ("l2", "activation", "taylor")
 
 
 def unit_view(t: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
-    """``[size, entries]``: row ``i`` holds every entry of ``t`` that unit ``i`` owns in ``slot``."""
+    """``[size, entries]``: row ``i`` holds the entries of ``t`` unit ``i`` owns in ``slot``."""
     part = t.narrow(slot.dim, slot.offset, size * slot.block).movedim(slot.dim, 0)
     return part.reshape(size, -1)
 
 
 def as_batch(x: Any) -> dict[str, torch.Tensor]:
-    """Keyword arguments of one forward: ``input_ids`` tensor, a tuple starting with it, or a dict."""
+    """Keyword arguments of one forward: from ``input_ids``, a tuple starting with them, a dict."""
     if isinstance(x, dict):
         return dict(x)
     if isinstance(x, (tuple, list)):
@@ -98,7 +98,8 @@ def _taylor(model: nn.Module, params: dict[str, torch.Tensor], sets: list[UnitSe
     with torch.enable_grad():
         for b in batches:
             grads = torch.autograd.grad(_loss(model, b), tensors, allow_unused=True)
-            gw = {n: (g * t).detach().float() if g is not None else torch.zeros_like(t, dtype=torch.float)
+            gw = {n: (g * t).detach().float() if g is not None
+                  else torch.zeros_like(t, dtype=torch.float)
                   for n, t, g in zip(names, tensors, grads)}
             for s in sets:
                 first = sum(unit_view(gw[sl.param], sl, s.size).sum(1) for sl in s.slots)

@@ -35,7 +35,8 @@ def test_loss_is_per_next_token():
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)
     ids = torch.randint(0, 7, (2, 5), generator=g)
-    want = kd_loss(s[:, :-1].reshape(-1, 7), t[:, :-1].reshape(-1, 7), ids[:, 1:].reshape(-1), 0.5, 2.0)
+    flat = (s[:, :-1].reshape(-1, 7), t[:, :-1].reshape(-1, 7), ids[:, 1:].reshape(-1))
+    want = kd_loss(*flat, 0.5, 2.0)
     torch.testing.assert_close(causal_lm_kd_loss(s, t, ids, 0.5, 2.0), want)
     assert float(causal_lm_kd_loss(s, s, ids, alpha=1.0)) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(FxPruneError, match=r"\[B, L, V\]"):

@@ -69,7 +69,8 @@ def _tokenizer():
 
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train([str(CALIB)], trainers.BpeTrainer(vocab_size=hf_models.VOCAB, special_tokens=["[UNK]"]))
+    trainer = trainers.BpeTrainer(vocab_size=hf_models.VOCAB, special_tokens=["[UNK]"])
+    tok.train([str(CALIB)], trainer)
     return tok
 
 
@@ -89,10 +90,12 @@ def test_same_class_updated_config_equals_oracle(name, criterion):
         assert cfg.num_attention_heads == cfg0.num_attention_heads // 2
         assert cfg.head_dim == cfg0.hidden_size // cfg0.num_attention_heads
         assert cfg.intermediate_size == cfg0.intermediate_size // 2
-        assert pruned.model.layers[1].self_attn.q_proj.out_features == cfg.num_attention_heads * cfg.head_dim
+        q = pruned.model.layers[1].self_attn.q_proj
+        assert q.out_features == cfg.num_attention_heads * cfg.head_dim
     else:
         width = pruned.config.n_inner if name == "gpt2" else pruned.config.intermediate_size
-        assert width == (cfg0.n_inner or 4 * cfg0.n_embd if name == "gpt2" else cfg0.intermediate_size) // 2
+        width0 = (cfg0.n_inner or 4 * cfg0.n_embd) if name == "gpt2" else cfg0.intermediate_size
+        assert width == width0 // 2
     assert sum(t.numel() for t in pruned.parameters()) < sum(t.numel() for t in model.parameters())
 
 

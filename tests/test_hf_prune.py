@@ -97,6 +97,19 @@ def test_same_class_updated_config_equals_oracle(name, criterion):
         width0 = (cfg0.n_inner or 4 * cfg0.n_embd) if name == "gpt2" else cfg0.intermediate_size
         assert width == width0 // 2
     assert sum(t.numel() for t in pruned.parameters()) < sum(t.numel() for t in model.parameters())
+    if name == "gpt2":  # GPT-2 ties its LM head to the token embedding
+        assert pruned.lm_head.weight is pruned.transformer.wte.weight
+
+
+def test_half_precision_and_prune_hidden_flag():
+    """bf16 weights prune and pass the oracle check at a half-precision tolerance; a single
+    ratio with prune_hidden=True also shrinks the hidden size."""
+    model, ids = _model("llama")
+    pruned = H.prune(model.to(torch.bfloat16), ids, ratio=0.5, criterion="activation")
+    assert pruned.dtype == torch.bfloat16 and pruned.config.num_key_value_heads == 1
+    p = H.plan(model.float(), ids, ratio=0.25, prune_hidden=True)
+    assert {s.kind for s in p.sets} == {"heads", "mlp", "hidden"}
+    assert H.apply(model, p).config.hidden_size == 48
 
 
 @pytest.mark.parametrize("name", DECODERS)

@@ -11,6 +11,8 @@ memory the pruning itself needed. Tools, all at ratio 0.5 with L2 magnitude:
 
 - ``fxprune``: ``fxprune.hf.prune(ratio={"heads": .5, "mlp": .5})`` (KV groups + MLP).
 - ``fxprune+hidden``: the same plus ``hidden: .5``, the work Torch-Pruning's example does.
+- ``fxprune-mlp`` / ``tp-mlp``: MLP channels only; ``tp-mlp`` is Torch-Pruning's
+  DependencyGraph + ``GroupMagnitudeImportance(p=2)`` on each layer's gate_proj group.
 - ``tp``: Torch-Pruning's ``examples/LLMs/prune_llm.py`` recipe: ``MetaPruner`` with
   ``num_heads`` for q/k/v, ``prune_num_heads=True``, ``prune_head_dims=False``,
   ``head_pruning_ratio=0.5``, ``pruning_ratio=0.5`` (which also prunes the hidden size),
@@ -125,6 +127,24 @@ def _tp_prune(model, ids):
     return model
 
 
+def _tp_mlp_prune(model, ids):
+    """Torch-Pruning's low-level API on the MLP groups only (its attention groups loop, see
+    --tp-timeout): DependencyGraph, the gate_proj group, GroupMagnitudeImportance(p=2)."""
+    import torch_pruning as tp
+
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=ids,
+                                               output_transform=lambda out: out.logits)
+    imp = tp.importance.GroupMagnitudeImportance(p=2)
+    for layer in model.model.layers:
+        gate = layer.mlp.gate_proj
+        full = dg.get_pruning_group(gate, tp.prune_linear_out_channels,
+                                    idxs=list(range(gate.out_features)))
+        drop = imp(full).argsort()[: gate.out_features // 2].tolist()
+        dg.get_pruning_group(gate, tp.prune_linear_out_channels, idxs=drop).prune()
+    model.config.intermediate_size = model.model.layers[0].mlp.gate_proj.out_features
+    return model
+
+
 def _reloads(model, ids) -> str:
     """Does save_pretrained -> from_pretrained give the same logits? ("yes" / the error)."""
     import torch
@@ -153,10 +173,12 @@ def worker(model_name: str, tool: str, quick: bool) -> dict:
     t0 = time.perf_counter()
     if tool == "tp":
         pruned = _tp_prune(model, ids)
+    elif tool == "tp-mlp":
+        pruned = _tp_mlp_prune(model, ids)
     else:
         import fxprune.hf as H
 
-        ratio = {"heads": 0.5, "mlp": 0.5}
+        ratio = {"mlp": 0.5} if tool == "fxprune-mlp" else {"heads": 0.5, "mlp": 0.5}
         if tool == "fxprune+hidden":
             ratio["hidden"] = 0.5
         if model_name in ("gpt2", "bert"):  # their configs cannot express pruned heads
@@ -240,7 +262,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--models", nargs="+", default=list(FULL))
-    ap.add_argument("--tools", nargs="+", default=["fxprune", "fxprune+hidden", "tp"])
+    ap.add_argument("--tools", nargs="+",
+                    default=["fxprune", "fxprune+hidden", "tp", "fxprune-mlp", "tp-mlp"])
     ap.add_argument("--meta7b", action="store_true", help="also the 7B-shaped meta analysis")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per fxprune run")
     ap.add_argument("--tp-timeout", type=float, default=600,
@@ -258,9 +281,7 @@ def main() -> None:
     rows = []
     for m in args.models:
         for tool in args.tools:
-            if tool == "tp" and m not in TP_MODELS:
-                continue
-            if tool == "fxprune+hidden" and m not in TP_MODELS:
+            if tool != "fxprune" and m not in TP_MODELS:  # the example's scope: q/k/v_proj models
                 continue
             argv = ["--worker", m, tool] + (["--quick"] if args.quick else [])
             r = {"model": m, "tool": tool,

@@ -1,7 +1,7 @@
 """Pruning Hugging Face LLMs: fxprune.hf against Torch-Pruning's LLM example (not run in CI).
 
-    python bench/llm.py --quick          # small configs (~10-20M params), a few minutes
-    python bench/llm.py                  # a few hundred million params each, slow on 2 cores
+    python bench/llm.py --quick --meta7b # small configs (5-7M params) + the 7B meta analysis
+    python bench/llm.py                  # 270-350M params each, slow on 2 cores
     python bench/llm.py --models llama qwen2 --tools fxprune tp
 
 Every model is built from a config with random weights (no downloads). Each

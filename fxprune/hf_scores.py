@@ -6,7 +6,7 @@
   read: per head the L2 norm of the head's attention output (the input of
   ``o_proj``, one ``head_dim`` block per head; a KV group sums its query
   heads), per MLP channel ``|input of down_proj|``, per hidden channel
-  ``|output of every LayerNorm/RMSNorm|`` summed over the layers.
+  ``|output of every LayerNorm/RMSNorm|`` averaged over all the norms.
 - ``taylor`` (Molchanov et al. 2019): ``sum over batches (sum_unit g * w)^2``,
   the squared first-order estimate of the loss change when the unit is
   removed. The loss is the next-token loss for models that generate, else

@@ -13,6 +13,8 @@ memory the pruning itself needed. Tools, all at ratio 0.5 with L2 magnitude:
 - ``fxprune+hidden``: the same plus ``hidden: .5``, the work Torch-Pruning's example does.
 - ``fxprune-mlp`` / ``tp-mlp``: MLP channels only; ``tp-mlp`` is Torch-Pruning's
   DependencyGraph + ``GroupMagnitudeImportance(p=2)`` on each layer's gate_proj group.
+- ``*-inplace``: the same fxprune run with ``inplace=True`` (the input model is consumed,
+  as Torch-Pruning's is), so only one model is in memory at a time.
 - ``tp``: Torch-Pruning's ``examples/LLMs/prune_llm.py`` recipe: ``MetaPruner`` with
   ``num_heads`` for q/k/v, ``prune_num_heads=True``, ``prune_head_dims=False``,
   ``head_pruning_ratio=0.5``, ``pruning_ratio=0.5`` (which also prunes the hidden size),
@@ -178,12 +180,13 @@ def worker(model_name: str, tool: str, quick: bool) -> dict:
     else:
         import fxprune.hf as H
 
-        ratio = {"mlp": 0.5} if tool == "fxprune-mlp" else {"heads": 0.5, "mlp": 0.5}
-        if tool == "fxprune+hidden":
+        base_tool, inplace = tool.removesuffix("-inplace"), tool.endswith("-inplace")
+        ratio = {"mlp": 0.5} if base_tool == "fxprune-mlp" else {"heads": 0.5, "mlp": 0.5}
+        if base_tool == "fxprune+hidden":
             ratio["hidden"] = 0.5
         if model_name in ("gpt2", "bert"):  # their configs cannot express pruned heads
             ratio = {"mlp": 0.5}
-        pruned = H.prune(model, ids, ratio=ratio, criterion="l2", verify=False)
+        pruned = H.prune(model, ids, ratio=ratio, criterion="l2", verify=False, inplace=inplace)
     secs = time.perf_counter() - t0
     peak = _peak_mb()
     n1 = sum(p.numel() for p in pruned.parameters())

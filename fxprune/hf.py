@@ -155,24 +155,30 @@ def check(model: nn.Module, pruned: nn.Module, p: HFPlan, example_inputs: Any,
     return diff
 
 
-def apply(model: nn.Module, p: HFPlan) -> nn.Module:
-    """The pruned model (same class, updated config); ``model`` is not modified."""
+def apply(model: nn.Module, p: HFPlan, *, inplace: bool = False) -> nn.Module:
+    """The pruned model (same class, updated config); ``model`` is not modified unless
+    ``inplace``, which frees its pruned tensors on the way (peak memory: the model plus one
+    tensor instead of both models) and leaves it unusable."""
     require_transformers()
     if family_of(model).name != p.family:
         raise FxPruneError(f"a {p.family} plan cannot be applied to {type(model).__name__}")
-    return build_pruned(model, p)
+    return build_pruned(model, p, consume=inplace)
 
 
 def prune(model: nn.Module, example_inputs: Any = None, *, ratio: float | dict[str, float] = 0.3,
           criterion: str = "l2", uniform: bool = True, prune_hidden: bool = False,
           gqa: str = "groups", calibration: Iterable[Any] | None = None,
-          verify: bool = True) -> nn.Module:
+          verify: bool = True, inplace: bool = False) -> nn.Module:
     """Plan + apply; with ``verify`` (and no hidden pruning, which RMS/LayerNorm makes inexact)
-    the result is checked against the dead-unit oracle on ``example_inputs``."""
+    the result is checked against the dead-unit oracle on ``example_inputs``. ``inplace``
+    consumes ``model`` to save memory (see ``apply``) and so needs ``verify=False``."""
+    if inplace and verify:
+        raise FxPruneError("inplace=True consumes the model the dead-unit oracle needs: "
+                           "pass verify=False with it (or check a smaller copy first)")
     p = plan(model, example_inputs, ratio=ratio, criterion=criterion, uniform=uniform,
              prune_hidden=prune_hidden, gqa=gqa, calibration=calibration)
     was_training = model.training
-    pruned = apply(model, p)
+    pruned = apply(model, p, inplace=inplace)
     hidden = any(p.removed.get(s.key) for s in p.sets if s.kind == "hidden")
     if verify and example_inputs is not None and not hidden:
         model.eval()

@@ -67,18 +67,33 @@ def keep_masks(plan: HFPlan,
     return masks
 
 
-def _selected(model: nn.Module, plan: HFPlan) -> dict[str, torch.Tensor]:
-    """The pruned state dict (every key of ``model.state_dict()``)."""
+def _selected(model: nn.Module, plan: HFPlan, consume: bool = False) -> dict[str, torch.Tensor]:
+    """The pruned state dict (every key of ``model.state_dict()``).
+
+    ``consume``: each pruned tensor of ``model`` is freed as soon as its selection exists and
+    untouched tensors are shared, not copied, so the peak is the model plus one tensor;
+    ``model`` is unusable afterwards.
+    """
     params = dict(model.named_parameters(remove_duplicate=False))
     by_param = defaultdict(list)
     for (name, dim), mask in keep_masks(plan, params).items():
         by_param[name].append((dim, mask.nonzero().squeeze(1)))
-    out = {}
-    for name, t in model.state_dict().items():
-        t = t.detach()
-        for dim, idx in by_param.get(name, ()):
-            t = t.index_select(dim, idx.to(t.device))
-        out[name] = t.clone() if name not in by_param else t
+    del params
+    names = list(model.state_dict().keys())
+    out, done = {}, {}
+    for name in names:
+        mod_name, _, leaf = name.rpartition(".")
+        mod = model.get_submodule(mod_name)
+        t = mod._parameters.get(leaf) if leaf in mod._parameters else mod._buffers[leaf]
+        if id(t) not in done:  # tied tensors (embeddings / LM head) are selected once
+            sel = t.detach()
+            for dim, idx in by_param.get(name, ()):
+                sel = sel.index_select(dim, idx.to(sel.device))
+            done[id(t)] = sel if (consume or name in by_param) else sel.clone()
+        out[name] = done[id(t)]
+        if consume and name in by_param and leaf in mod._parameters:
+            mod._parameters[leaf] = nn.Parameter(t.new_empty(0), requires_grad=False)
+        del t
     return out
 
 
@@ -118,9 +133,10 @@ def new_config(model: nn.Module, plan: HFPlan):
     return cfg
 
 
-def build_pruned(model: nn.Module, plan: HFPlan) -> nn.Module:
-    """A new model of ``type(model)`` holding the pruned weights; ``model`` is untouched."""
-    sd = _selected(model, plan)
+def build_pruned(model: nn.Module, plan: HFPlan, consume: bool = False) -> nn.Module:
+    """A new model of ``type(model)`` holding the pruned weights; ``model`` is untouched
+    unless ``consume`` (then its pruned tensors are freed on the way: see ``_selected``)."""
+    sd = _selected(model, plan, consume)
     if not plan.uniform:
         return _build_per_layer(model, plan, sd)
     cfg = new_config(model, plan)

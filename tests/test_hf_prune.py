@@ -301,3 +301,15 @@ def test_missing_transformers_is_a_named_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(H.MissingDependencyError, match=r"fxprune\[hf\]"):
         H.require_transformers()
+
+
+def test_inplace_consumes_the_model_and_gives_the_same_result():
+    model, ids = _model("llama", tie_word_embeddings=True)
+    want = H.prune(model, ids, ratio={"heads": 0.5, "mlp": 0.5, "hidden": 0.25})
+    with pytest.raises(FxPruneError, match="verify=False"):
+        H.prune(model, ids, ratio=0.5, inplace=True)
+    got = H.prune(model, ids, ratio={"heads": 0.5, "mlp": 0.5, "hidden": 0.25},
+                  inplace=True, verify=False)
+    torch.testing.assert_close(_logits(got, ids), _logits(want, ids), rtol=0, atol=0)
+    assert got.lm_head.weight is got.model.embed_tokens.weight
+    assert model.model.layers[0].mlp.gate_proj.weight.numel() == 0  # freed

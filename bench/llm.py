@@ -268,6 +268,7 @@ def main() -> None:
     ap.add_argument("--tools", nargs="+",
                     default=["fxprune", "fxprune+hidden", "tp", "fxprune-mlp", "tp-mlp"])
     ap.add_argument("--meta7b", action="store_true", help="also the 7B-shaped meta analysis")
+    ap.add_argument("--name", help="results file stem (default llm / llm_quick)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per fxprune run")
     ap.add_argument("--tp-timeout", type=float, default=600,
                     help="seconds per Torch-Pruning run (its DependencyGraph can loop forever on "
@@ -295,7 +296,7 @@ def main() -> None:
     if meta:
         print(json.dumps(meta), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    name = "llm_quick" if args.quick else "llm"
+    name = args.name or ("llm_quick" if args.quick else "llm")
     (RESULTS / f"{name}.json").write_text(json.dumps({"rows": rows, "meta7b": meta}, indent=1))
     (RESULTS / f"{name}.md").write_text(_markdown(rows, meta, args))
     print(_markdown(rows, meta, args))

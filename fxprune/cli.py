@@ -249,6 +249,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     from . import io
 
+    if args.model.startswith("hf:"):  # a local Hugging Face checkpoint in, one out
+        from .hf_cli import prune_command
+
+        return prune_command(args, out, err)
+
     _check_options(args.criterion, args.option)
     model, x, _, spec = _load(args.model, args.input_shape, args.trust_factory)
     kw = dict(criterion=args.criterion, ignore=_resolve_ignore(model, args.ignore),

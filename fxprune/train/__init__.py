@@ -14,6 +14,7 @@ from __future__ import annotations
 from .checkpoint import available_rewind_epochs, load_rewind_weights
 from .config import LRSchedule, TrainConfig, TrainResult
 from .dist import DistContext, init_distributed
+from .distill_lm import DistillLMResult, distill_lm
 from .losses import kd_loss
 from .loop import EpochCallback, GradHook, StepHook, evaluate, train
 from .recipes import (
@@ -39,7 +40,7 @@ from .report import read_metrics
 __all__ = [
     "DistContext", "EpochCallback", "GradHook", "LRSchedule", "PruneStep", "RetrainStep",
     "RewindFn", "StepHook", "TrainConfig", "TrainResult",
-    "apply_rewind", "available_rewind_epochs", "distill", "evaluate", "fine_tune",
+    "apply_rewind", "available_rewind_epochs", "distill", "distill_lm", "DistillLMResult", "evaluate", "fine_tune",
     "init_distributed", "iterative", "kd_loss", "load_matching", "load_rewind_weights",
     "lr_rewind", "read_metrics", "reinitialize", "remaining_fraction_schedule", "scratch_b",
     "scratch_b_epochs", "scratch_e", "train", "train_original", "weight_rewind",

@@ -1,4 +1,4 @@
-"""Training losses: cross-entropy and Hinton-style knowledge distillation."""
+"""Training losses: cross-entropy and Hinton-style knowledge distillation (also per token)."""
 from __future__ import annotations
 
 import torch
@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ..errors import FxPruneError
 
-__all__ = ["kd_loss"]
+__all__ = ["kd_loss", "causal_lm_kd_loss"]
 
 
 def kd_loss(
@@ -36,3 +36,30 @@ def kd_loss(
     log_s = F.log_softmax(student_logits.float() / T, dim=1)
     kl = F.kl_div(log_s, soft_t, reduction="batchmean")
     return alpha * T * T * kl + (1.0 - alpha) * ce
+
+
+def causal_lm_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    alpha: float = 0.9,
+    T: float = 1.0,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`kd_loss` per next-token prediction of a causal LM (logits `[B, L, V]`, ids `[B, L]`).
+
+    Position `t` predicts token `t + 1`, so the last position is dropped and the targets
+    are `input_ids[:, 1:]`; every remaining (unmasked) position is one row of `kd_loss`,
+    so KL and CE are both means over tokens.
+    """
+    if student_logits.shape != teacher_logits.shape or student_logits.dim() != 3:
+        raise FxPruneError(f"causal_lm_kd_loss: student logits {tuple(student_logits.shape)} and "
+                           f"teacher logits {tuple(teacher_logits.shape)} must both be [B, L, V]")
+    vocab = student_logits.shape[-1]
+    s = student_logits[:, :-1].reshape(-1, vocab)
+    t = teacher_logits[:, :-1].reshape(-1, vocab)
+    y = input_ids[:, 1:].reshape(-1)
+    if attention_mask is not None:
+        keep = attention_mask[:, 1:].reshape(-1).bool()
+        s, t, y = s[keep], t[keep], y[keep]
+    return kd_loss(s, t, y, alpha=alpha, T=T)

@@ -11,7 +11,7 @@ import torch.fx as fx
 
 from .rules.purity import eliminate_dead_pure_nodes
 
-__all__ = ["set_submodule", "replace_tensor", "select", "finish"]
+__all__ = ["copy_module", "set_submodule", "replace_tensor", "select", "finish"]
 
 
 def _owner(root: torch.nn.Module, qualname: str) -> tuple[torch.nn.Module, str]:
@@ -60,3 +60,18 @@ def finish(gm: fx.GraphModule) -> fx.GraphModule:
     gm.recompile()
     gm.delete_all_unused_submodules()
     return gm
+
+
+def copy_module(module: torch.nn.Module) -> torch.nn.Module:
+    """``copy.deepcopy(module)`` that also copies modules caching computed tensors as plain
+    attributes (timm's TinyViT keeps an attention-bias cache of non-leaf tensors, which
+    ``Tensor.__deepcopy__`` refuses): those are copied detached."""
+    import copy
+
+    memo: dict[int, object] = {}
+    for m in module.modules():
+        for value in vars(m).values():
+            for t in (value.values() if isinstance(value, dict) else (value,)):
+                if isinstance(t, torch.Tensor) and not t.is_leaf:
+                    memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(module, memo)

@@ -13,7 +13,6 @@ map differs by O(0.1..1).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import warnings
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ import torch
 from .channel_graph import ChannelGraph
 from .errors import VerificationError
 from .plan import PruningPlan
+from .rewrite import copy_module
 from .trace import as_tuple
 
 __all__ = ["verify", "check_rewrite", "tolerance", "zero_removed", "max_relative_diff"]
@@ -53,7 +53,7 @@ def tolerance(model: torch.nn.Module | None = None, example_inputs: Any = ()) ->
 
 def zero_removed(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan) -> torch.nn.Module:
     """A copy of ``model`` with the parameter entries of every removed unit set to zero."""
-    dead = copy.deepcopy(model)
+    dead = copy_module(model)
     params = dict(dead.named_parameters(remove_duplicate=False))
     with torch.no_grad():
         for g in cg.groups:

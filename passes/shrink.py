@@ -8,7 +8,6 @@ input ChannelGraph and the user's model are never modified.
 """
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import torch.fx as fx
@@ -16,7 +15,7 @@ import torch.fx as fx
 from fxprune.channel_graph import ChannelGraph
 from fxprune.errors import PlanMismatchError
 from fxprune.plan import PruningPlan
-from fxprune.rewrite import finish, replace_tensor, select
+from fxprune.rewrite import copy_module, finish, replace_tensor, select
 
 from .shrink_constants import fix_constants
 from .shrink_export import fix_aten_constants, refresh_meta
@@ -40,7 +39,7 @@ def shrink(cg: ChannelGraph, plan: PruningPlan) -> fx.GraphModule:
             raise PlanMismatchError(
                 f"the plan removes every entry of dim {d} of {key[2:]!r} (e.g. a whole concat "
                 "branch); keep at least one unit of it")
-    gm = copy.deepcopy(cg.gm)
+    gm = copy_module(cg.gm)
     by_tensor: dict[str, dict[int, np.ndarray]] = {}
     for (key, d), idx in keep.items():
         by_tensor.setdefault(key, {})[d] = idx

@@ -76,7 +76,7 @@ def prune_command(args: Any, out, err) -> int:
     ratio = 0.5 if args.ratio is None else args.ratio
     with err.status(f"pruning {src}…"):
         pruned = hf.prune(model, batches[0], ratio=ratio, criterion=criterion,
-                          calibration=batches, verify=not args.no_verify)
+                          calibration=batches, verify=True)  # the CLI always checks
     kind = hf.save(pruned, args.out)
     for name in _COPY:
         if (src / name).is_file():

@@ -82,9 +82,9 @@ def _ratios(ratio: float | dict[str, float], fam, prune_hidden: bool) -> dict[st
 def _remove_uniform(s: UnitSet, score: torch.Tensor, ratio: float) -> tuple[int, ...]:
     per = s.size // s.groups
     n = min(int(ratio * per), per - 1)
-    rows = score.reshape(s.groups, per)
-    gone = [g * per + int(j) for g in range(s.groups) for j in rows[g].argsort()[:n]]
-    return tuple(sorted(gone))
+    lowest = score.reshape(s.groups, per).argsort(dim=1)[:, :n]
+    gone = lowest + torch.arange(s.groups).unsqueeze(1) * per
+    return tuple(sorted(gone.flatten().tolist()))
 
 
 def _remove_global(sets: list[UnitSet], scores: dict, ratio: float) -> dict[tuple, tuple[int, ...]]:

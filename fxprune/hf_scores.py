@@ -49,13 +49,19 @@ def as_batch(x: Any) -> dict[str, torch.Tensor]:
     return {"input_ids": x.unsqueeze(0) if x.dim() == 1 else x}
 
 
+def _unit_sq_norms(t: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
+    """``[size]``: the squared L2 norm of each unit's entries in ``slot`` (as ``unit_view``
+    rows, without copying the tensor into that layout), accumulated in float32."""
+    part = t.detach().narrow(slot.dim, slot.offset, size * slot.block)
+    others = [d for d in range(t.dim()) if d != slot.dim]
+    sq = (torch.linalg.vector_norm(part, dim=others, dtype=torch.float32).square() if others
+          else part.float().square())
+    return sq.reshape(size, slot.block).sum(1)
+
+
 def _l2(params: dict[str, torch.Tensor], sets: list[UnitSet]) -> dict[tuple, torch.Tensor]:
-    out = {}
-    for s in sets:
-        sq = sum(unit_view(params[sl.param].detach().float(), sl, s.size).pow(2).sum(1)
-                 for sl in s.slots)
-        out[s.key] = sq.sqrt()
-    return out
+    return {s.key: sum(_unit_sq_norms(params[sl.param], sl, s.size) for sl in s.slots).sqrt()
+            for s in sets}
 
 
 def _activation(model: nn.Module, sets: list[UnitSet], batches) -> dict[tuple, torch.Tensor]:

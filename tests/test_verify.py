@@ -70,7 +70,9 @@ def test_fp16_resnet_passes_with_the_dtype_tolerance() -> None:
     model = T.randomize_norms(tvm.resnet18(weights=None, num_classes=10)).eval().half()
     x = torch.randn(2, 3, 32, 32).half()
     res = _run_and_check(model, x, ratio=0.5, ignore="fc")
-    assert res.oracle_diff > 1e-5  # a fixed fp32 tolerance would have rejected a correct prune
+    # fp16 rounding differs between the pruned and the zeroed model on some CPUs (3.5e-4 here)
+    # and not at all on others (CI measured 0.0), so the check needs the fp16 limit, not 1e-5
+    assert tolerance(model, x) == 8 * torch.finfo(torch.float16).eps > 1e-5
     assert next(res.module.parameters()).dtype == torch.float16
 
 

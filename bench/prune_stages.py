@@ -10,17 +10,13 @@ so cached properties are paid where prune pays them). Stages: fx trace + shapes,
 rules, grouping, GraphModule build, scoring, selection, plan (signature), and inside
 shrink: plan check, kept indices, deep copy, index-select, module update, constant
 fixing (meta re-run), finish (dead code, lint, recompile); then the self-check
-(``fxprune.verify``, which prune itself does not run). The last column is a plain
-``fxprune.prune`` call for comparison, and the same call with
-``fxprune.shrink_fast.shrink_fast`` in place of ``passes.shrink.shrink`` ("fast"); the
-"fast" stage columns time ``kept_indices_fast`` and ``copy_except`` on the same plan.
+(the dead-unit oracle ``prune`` runs by default). The last two columns are plain
+``fxprune.prune`` calls for comparison, as users call it and with ``check=False``.
 Run from the repository root with ``PYTHONPATH=.`` so the worktree's fxprune is imported.
 """
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib
 import time
 import warnings
 from collections import defaultdict
@@ -28,6 +24,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 import torchvision
+from fxprune.passes.shrink import kept_indices, replaced_tensors
+from fxprune.passes.shrink_constants import fix_constants
+from fxprune.passes.shrink_modules import update_modules
 from rich.console import Console
 from rich.table import Table
 
@@ -36,20 +35,16 @@ from fxprune.analysis import apply_rules
 from fxprune.channel_graph import ChannelGraph
 from fxprune.criteria import get_criterion
 from fxprune.grouping import find_groups
-from fxprune.rewrite import finish, replace_tensor, select
+from fxprune.rewrite import copy_module, finish, replace_tensor, select
 from fxprune.select import make_plan, select_by_ratio
 from fxprune.trace import trace_graph
-from fxprune.passes.shrink import kept_indices
-from fxprune.passes.shrink_constants import fix_constants
-from fxprune.passes.shrink_modules import update_modules
-from fxprune.shrink_fast import copy_except, kept_indices_fast, replaced_tensors, shrink_fast
 
 MODELS = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121", "vit_b_16"]
 STAGES = ["trace", "rules", "grouping", "gm build", "scoring", "selection", "plan",
           "check", "kept idx", "deepcopy", "index-select", "modules", "constants", "finish",
           "self-check"]
 SHRINK = STAGES[STAGES.index("check"):STAGES.index("finish") + 1]
-FAST = ["kept idx fast", "deepcopy fast"]  # fxprune/shrink_fast.py, timed beside
+WHOLE = ["prune()", "prune(check=False)"]
 
 
 def one_run(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
@@ -73,16 +68,14 @@ def one_run(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
     plan = make_plan(cg, removed, "l1", {"ratio": 0.5}); lap("plan")
     plan.check_against(cg.signature, {g.id: g.size for g in cg.groups}); lap("check")
     keep = kept_indices(cg, plan); lap("kept idx")
-    gm = copy.deepcopy(cg.gm); lap("deepcopy")
-    fast_keep = kept_indices_fast(cg, plan); lap("kept idx fast")
-    copy_except(cg.gm, replaced_tensors(cg, fast_keep)); lap("deepcopy fast")
+    gm = copy_module(cg.gm, skip=replaced_tensors(cg, keep)); lap("deepcopy")
     by_tensor: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     for (key, d), idx in keep.items():
         by_tensor[key][d] = idx
     for key, dims in by_tensor.items():
         if key[0] in "pb":
             names = cg.tensor_names[key]
-            old = gm.get_parameter(names[0]) if key[0] == "p" else gm.get_buffer(names[0])
+            old = cg.gm.get_parameter(names[0]) if key[0] == "p" else cg.gm.get_buffer(names[0])
             replace_tensor(gm, names, select(old, dims))
     lap("index-select")
     update_modules(gm, cg, keep); lap("modules")
@@ -101,19 +94,13 @@ def measure(name: str, repeats: int) -> dict[str, float]:
     model = torchvision.models.get_model(name, weights=None).eval()
     x = torch.randn(1, 3, 224, 224)
     runs = [one_run(model, x) for _ in range(repeats + 1)][1:]  # the first warms caches
-    med = {k: float(np.median([r[k] for r in runs])) for k in STAGES + FAST}
-    shrink_pass = importlib.import_module("fxprune.passes.shrink")  # the module, not the function
-
-    whole: dict[str, list[float]] = {"prune()": [], "prune() fast": []}
-    for _ in range(repeats):  # alternate: the current shrink, then shrink_fast
-        for key, fn in (("prune()", shrink_pass.shrink), ("prune() fast", shrink_fast)):
-            saved, shrink_pass.shrink = shrink_pass.shrink, fn
-            try:
-                t0 = time.perf_counter()
-                fxprune.prune(model, x, ratio=0.5, criterion="l1")
-                whole[key].append((time.perf_counter() - t0) * 1e3)
-            finally:
-                shrink_pass.shrink = saved
+    med = {k: float(np.median([r[k] for r in runs])) for k in STAGES}
+    whole: dict[str, list[float]] = {k: [] for k in WHOLE}
+    for _ in range(repeats):  # alternate: as users call it, then without the self-check
+        for key, check in zip(WHOLE, (True, False)):
+            t0 = time.perf_counter()
+            fxprune.prune(model, x, ratio=0.5, criterion="l1", check=check)
+            whole[key].append((time.perf_counter() - t0) * 1e3)
     med.update({k: float(np.median(v)) for k, v in whole.items()})
     return med
 
@@ -128,16 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=250)
     t = Table(title=f"fxprune.prune(ratio=0.5, l1) by stage, median ms of {args.repeats} runs, "
                     f"{args.threads} thread(s); shrink = check..finish", title_justify="left")
-    for col in ["model", *STAGES, "shrink", *FAST, "prune()", "prune() fast"]:
+    for col in ["model", *STAGES, "shrink", *WHOLE]:
         t.add_column(col, justify="left" if col == "model" else "right")
     for name in args.models:
         r = measure(name, args.repeats)
         shrink = sum(r[k] for k in SHRINK)
         pipeline = sum(r[k] for k in STAGES if k != "self-check")
         t.add_row(name, *[f"{r[k]:.1f}" for k in STAGES], f"{shrink:.0f} ({shrink / pipeline:.0%})",
-                  *[f"{r[k]:.1f}" for k in FAST], f"{r['prune()']:.0f}", f"{r['prune() fast']:.0f}")
-        console.print(f"{name}: " + ", ".join(f"{k} {r[k]:.1f}" for k in
-                                              [*STAGES, *FAST, "prune()", "prune() fast"]))
+                  *[f"{r[k]:.0f}" for k in WHOLE])
+        console.print(f"{name}: " + ", ".join(f"{k} {r[k]:.1f}" for k in [*STAGES, *WHOLE]))
     console.print(t)
     return 0
 

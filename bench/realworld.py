@@ -53,7 +53,8 @@ def run_one(name: str, args: argparse.Namespace, tmpdir: Path) -> dict[str, Any]
     """One worker subprocess in its own session; a timeout kills it and its children."""
     out = tmpdir / (name.replace("/", "__") + ".json")
     cmd = [sys.executable, str(WORKER), name, "--out", str(out), "--frontend", args.frontend,
-           "--max-mem-gb", str(args.max_mem_gb)] + (["--skip-tp"] if args.skip_tp else [])
+           "--max-mem-gb", str(args.max_mem_gb), "--tp-timeout", str(args.tp_timeout)] \
+        + (["--skip-tp"] if args.skip_tp else [])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -290,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=180, help="seconds per model")
     p.add_argument("--jobs", type=int, default=1, help="models in parallel")
     p.add_argument("--skip-tp", action="store_true", help="skip the Torch-Pruning comparison")
+    p.add_argument("--tp-timeout", type=float, default=60.0,
+                   help="seconds Torch-Pruning gets per model (it loops on some)")
     p.add_argument("--frontend", default="auto", help="fx | export | auto (if fxprune takes it)")
     p.add_argument("--max-mem-gb", type=float, default=12, help="per-worker limit (0: none)")
     p.add_argument("--resume", action="store_true", help="skip models already in --out")

@@ -7,7 +7,7 @@ Stages: build, prune (ratio 0.5, head ignored; on failure the analysis alone,
 for the groups and barrier reasons), count, run (output structure kept),
 dead-channel equivalence (``dead_channel_plan`` + ``verify`` on the exact
 groups), Torch-Pruning 1.6 (MetaPruner, MagnitudeImportance, same ratio and
-head). A failing stage records its error and later stages run where they can;
+head; stopped after ``--tp-timeout`` seconds, since it loops on some models). A failing stage records its error and later stages run where they can;
 the record is rewritten atomically after every stage, so a worker killed by
 the timeout still leaves what it measured. A detector whose whole model does
 not prune is retried on its backbone+FPN, and the record says which was pruned.
@@ -21,6 +21,7 @@ import json
 import os
 import re
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -184,6 +185,25 @@ def _equiv(model: nn.Module, b: Built, kw: dict) -> dict[str, Any]:
     return {"equiv_diff": diff, "equiv_groups": exact, "equiv_pass": bool(exact) and diff < 1e-5}
 
 
+class TorchPruningTimeout(Exception):
+    """Torch-Pruning's own stage ran past ``--tp-timeout`` (it loops on some models)."""
+
+
+def _tp_limited(model: nn.Module, b: Built, seconds: float) -> dict[str, Any]:
+    """``_tp`` under a SIGALRM time limit, so a model on which Torch-Pruning does not finish
+    costs ``seconds``, not the whole worker's timeout; fxprune's stages are done by then."""
+    def expire(*_: Any) -> None:
+        raise TorchPruningTimeout(f"Torch-Pruning did not finish within {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return _tp(model, b)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def _tp(model: nn.Module, b: Built) -> dict[str, Any]:
     import torch_pruning as tp
 
@@ -222,7 +242,8 @@ def _prune_stages(r: Recorder, b: Built, kw: dict, state: dict) -> bool:
     return False
 
 
-def measure(name: str, out: Path, skip_tp: bool = False, frontend: str | None = "auto") -> dict:
+def measure(name: str, out: Path, skip_tp: bool = False, frontend: str | None = "auto",
+            tp_timeout: float = 60.0) -> dict:
     """Run every stage on suite entry ``name``; the record is also kept in ``out``."""
     e = entry(name)
     kw = frontend_kwargs(frontend)
@@ -256,7 +277,7 @@ def measure(name: str, out: Path, skip_tp: bool = False, frontend: str | None = 
     else:
         r.rec["ok"] = False
     if not skip_tp and b is not None:
-        r.stage("tp", lambda: _tp(b.model, b))
+        r.stage("tp", lambda: _tp_limited(b.model, b, tp_timeout))
     return _done(r)
 
 
@@ -274,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     p.add_argument("--max-mem-gb", type=float, default=0, help="address-space limit (0: none)")
     p.add_argument("--skip-tp", action="store_true")
+    p.add_argument("--tp-timeout", type=float, default=60.0, help="seconds for Torch-Pruning")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -281,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         lim = int(a.max_mem_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     torch.manual_seed(0)
-    measure(a.model, a.out, a.skip_tp, a.frontend)
+    measure(a.model, a.out, a.skip_tp, a.frontend, a.tp_timeout)
     return 0
 
 

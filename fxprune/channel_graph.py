@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterator
+from typing import Iterable, Iterator, Mapping
 
 import networkx as nx
 import numpy as np
@@ -181,16 +181,26 @@ class ChannelGraph:
                 return g
         raise KeyError(gid)
 
-    def removed_indices(self, removal: dict[str, list[int]]) -> dict[tuple[str, int], np.ndarray]:
-        """Map {group id: removed units} to {(tensor key, dim): removed local indices}."""
-        out: dict[tuple[str, int], list[np.ndarray]] = {}
+    def removed_masks(self, removal: Mapping[str, Iterable[int]]) -> dict[tuple[str, int], np.ndarray]:
+        """Map {group id: removed units} to {(tensor key, dim): boolean mask of removed
+        entries}: one lookup table per group, so no per-member sort or set operation."""
+        out: dict[tuple[str, int], np.ndarray] = {}
         for g in self.groups:
             units = removal.get(g.id)
-            if not units:
+            if units is None or not len(units):
                 continue
-            units_arr = np.asarray(sorted(units))
+            dead = np.zeros(g.size, dtype=bool)
+            dead[np.asarray(list(units), dtype=np.int64)] = True
             for m in g.members:
-                sel = m.index[np.isin(m.unit, units_arr)]
+                sel = m.index[dead[m.unit]]
                 if sel.size:
-                    out.setdefault((m.key, m.dim), []).append(sel)
-        return {k: np.unique(np.concatenate(v)) for k, v in out.items()}
+                    kd = (m.key, m.dim)
+                    mask = out.get(kd)
+                    if mask is None:
+                        mask = out[kd] = np.zeros(self.dim_sizes[kd], dtype=bool)
+                    mask[sel] = True
+        return out
+
+    def removed_indices(self, removal: Mapping[str, Iterable[int]]) -> dict[tuple[str, int], np.ndarray]:
+        """Map {group id: removed units} to {(tensor key, dim): removed local indices}."""
+        return {kd: np.flatnonzero(mask) for kd, mask in self.removed_masks(removal).items()}

@@ -146,13 +146,14 @@ def _units(gid: str, units: Any) -> tuple[int, ...]:
         raise InvalidPlanError(f"plan removed[{gid!r}] = {units!r} must be a list of unit "
                                "indices, e.g. [0, 3, 7]")
     units = list(units.tolist() if hasattr(units, "tolist") else units)
-    bad = [u for u in units if not _is_int(u)]
-    if bad:
-        raise InvalidPlanError(f"plan removed[{gid!r}] holds {bad[0]!r} "
-                               f"({type(bad[0]).__name__}): unit indices must be integers")
-    units = [int(u) for u in units]
-    dup = sorted(u for u, n in Counter(units).items() if n > 1)
-    if dup:
+    if not all(type(u) is int for u in units):  # the common case (plain ints) checks nothing more
+        bad = [u for u in units if not _is_int(u)]
+        if bad:
+            raise InvalidPlanError(f"plan removed[{gid!r}] holds {bad[0]!r} "
+                                   f"({type(bad[0]).__name__}): unit indices must be integers")
+        units = [int(u) for u in units]
+    if len(set(units)) != len(units):
+        dup = sorted(u for u, n in Counter(units).items() if n > 1)
         raise InvalidPlanError(f"plan removed[{gid!r}] lists unit {dup[0]} more than once "
                                f"(duplicates: {dup[:8]}); list each removed unit once")
     neg = [u for u in units if u < 0]

@@ -45,9 +45,9 @@ def replace_tensor(root: torch.nn.Module, names: Iterable[str], value: torch.Ten
 def select(t: torch.Tensor, keep: dict[int, np.ndarray]) -> torch.Tensor:
     """Index-select ``t`` along each dim in ``keep`` (a new tensor, never a view)."""
     out = t.detach()
-    for d, idx in keep.items():
+    for d, idx in keep.items():  # index_select allocates: no clone needed after it
         out = out.index_select(d, torch.as_tensor(idx, dtype=torch.long, device=t.device))
-    return out.clone()
+    return out if keep else out.clone()
 
 
 def finish(gm: fx.GraphModule) -> fx.GraphModule:
@@ -62,10 +62,14 @@ def finish(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
-def copy_module(module: torch.nn.Module) -> torch.nn.Module:
-    """``copy.deepcopy(module)`` that also copies modules caching computed tensors as plain
-    attributes (timm's TinyViT keeps an attention-bias cache of non-leaf tensors, which
-    ``Tensor.__deepcopy__`` refuses): those are copied detached."""
+def copy_module(module: torch.nn.Module, skip: Iterable[str] = ()) -> torch.nn.Module:
+    """``copy.deepcopy(module)``, minus the data of the parameters and buffers named in
+    ``skip`` (empty placeholders the caller is about to replace: no point copying what
+    shrink index-selects from the original anyway).
+
+    Also copies modules caching computed tensors as plain attributes (timm's TinyViT keeps
+    an attention-bias cache of non-leaf tensors, which ``Tensor.__deepcopy__`` refuses):
+    those are copied detached."""
     import copy
 
     memo: dict[int, object] = {}
@@ -74,4 +78,12 @@ def copy_module(module: torch.nn.Module) -> torch.nn.Module:
             for t in (value.values() if isinstance(value, dict) else (value,)):
                 if isinstance(t, torch.Tensor) and not t.is_leaf:
                     memo[id(t)] = t.detach().clone()
+    names = set(skip)
+    if names:
+        for name, t in [*module.named_parameters(remove_duplicate=False),
+                        *module.named_buffers(remove_duplicate=False)]:
+            if name in names and id(t) not in memo:
+                empty = torch.empty(0, dtype=t.dtype, device=t.device)
+                memo[id(t)] = (torch.nn.Parameter(empty, requires_grad=t.requires_grad)
+                               if isinstance(t, torch.nn.Parameter) else empty)
     return copy.deepcopy(module, memo)

@@ -102,11 +102,12 @@ def _keep_every_member(cg: ChannelGraph, removed: Mapping[str, list[int]]) -> di
         units = sorted(set(removed.get(g.id, ())))
         if not units:
             continue
-        gone = set(units)
+        dead = np.zeros(g.size, dtype=bool)
+        dead[units] = True
         for m in g.members:
-            if m.unit.size == m.length and gone.issuperset(np.unique(m.unit).tolist()):
-                gone.discard(int(m.unit.max()))
-        out[g.id] = sorted(gone)
+            if m.unit.size == m.length and dead[m.unit].all():
+                dead[m.unit.max()] = False
+        out[g.id] = np.flatnonzero(dead).tolist()
     return out
 
 

@@ -24,7 +24,7 @@ import torch
 from .channel_graph import ChannelGraph
 from .errors import VerificationError
 from .plan import PruningPlan
-from .rewrite import copy_module
+from .rewrite import copy_module, replace_tensor
 from .trace import as_tuple
 
 __all__ = ["verify", "check_rewrite", "tolerance", "zero_removed", "max_relative_diff"]
@@ -52,21 +52,20 @@ def tolerance(model: torch.nn.Module | None = None, example_inputs: Any = ()) ->
 
 
 def zero_removed(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan) -> torch.nn.Module:
-    """A copy of ``model`` with the parameter entries of every removed unit set to zero."""
-    dead = copy_module(model)
-    params = dict(dead.named_parameters(remove_duplicate=False))
+    """A copy of ``model`` with the parameter entries of every removed unit set to zero
+    (the zeroed parameters are built from the originals, not copied twice)."""
+    dims_of: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for (key, d), mask in cg.removed_masks(plan.removed).items():
+        if key[0] == "p":
+            dims_of.setdefault(key, []).append((d, np.flatnonzero(mask)))
+    dead = copy_module(model, skip={n for key in dims_of for n in cg.tensor_names[key]})
     with torch.no_grad():
-        for g in cg.groups:
-            units = plan.removed.get(g.id)
-            if not units:
-                continue
-            units_arr = np.asarray(units)
-            for m in g.params():
-                idx = m.index[np.isin(m.unit, units_arr)]
-                if idx.size:
-                    for name in cg.tensor_names[m.key]:
-                        t = params[name]
-                        t.index_fill_(m.dim, torch.as_tensor(idx, device=t.device), 0.0)
+        for key, dims in dims_of.items():
+            names = cg.tensor_names[key]
+            t = model.get_parameter(names[0]).detach().clone()
+            for d, idx in dims:
+                t.index_fill_(d, torch.as_tensor(idx, device=t.device), 0.0)
+            replace_tensor(dead, names, t)
     return dead
 
 

@@ -19,12 +19,14 @@ def _param(cg: ChannelGraph, key: str) -> torch.Tensor:
 def group_norm_scores(cg: ChannelGraph, group: Group, p: int) -> np.ndarray:
     """Σ over members of Σ |w|^p of the entries unit i owns."""
     scores = np.zeros(group.size, dtype=np.float64)
-    for m in group.params():
-        t = _param(cg, m.key).float()
-        other = [d for d in range(t.ndim) if d != m.dim]
-        per_index = (t.abs() ** p).sum(dim=other).double().cpu().numpy() if other else \
-            (t.abs() ** p).double().cpu().numpy()
-        np.add.at(scores, m.unit, per_index[m.index])
+    with torch.no_grad():
+        for m in group.params():
+            t = _param(cg, m.key).float()
+            other = [d for d in range(t.ndim) if d != m.dim]
+            # one fused reduction (no |w| temporary): Σ|w|^p = ||w||_p^p over the other dims
+            per_index = (torch.linalg.vector_norm(t, ord=p, dim=other) ** p if other
+                         else t.abs() ** p).double().cpu().numpy()
+            scores += np.bincount(m.unit, weights=per_index[m.index], minlength=group.size)
     return scores
 
 

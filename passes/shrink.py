@@ -21,13 +21,17 @@ from .shrink_constants import fix_constants
 from .shrink_export import fix_aten_constants, refresh_meta
 from .shrink_modules import update_modules
 
-__all__ = ["shrink", "kept_indices"]
+__all__ = ["shrink", "kept_indices", "replaced_tensors"]
 
 
 def kept_indices(cg: ChannelGraph, plan: PruningPlan) -> dict[tuple[str, int], np.ndarray]:
     """{(tensor key, dim): kept local indices} for every dim the plan shrinks."""
-    removed = cg.removed_indices({k: list(v) for k, v in plan.removed.items()})
-    return {kd: np.setdiff1d(np.arange(cg.dim_sizes[kd]), idx) for kd, idx in removed.items()}
+    return {kd: np.flatnonzero(~mask) for kd, mask in cg.removed_masks(plan.removed).items()}
+
+
+def replaced_tensors(cg: ChannelGraph, keep: dict[tuple[str, int], np.ndarray]) -> set[str]:
+    """Qualified names (every alias) of the parameters and buffers shrink index-selects."""
+    return {n for (key, _d) in keep if key[0] in "pb" for n in cg.tensor_names[key]}
 
 
 def shrink(cg: ChannelGraph, plan: PruningPlan) -> fx.GraphModule:
@@ -39,14 +43,15 @@ def shrink(cg: ChannelGraph, plan: PruningPlan) -> fx.GraphModule:
             raise PlanMismatchError(
                 f"the plan removes every entry of dim {d} of {key[2:]!r} (e.g. a whole concat "
                 "branch); keep at least one unit of it")
-    gm = copy_module(cg.gm)
+    # the copy gets empty placeholders for the tensors replaced below, read from the original
+    gm = copy_module(cg.gm, skip=replaced_tensors(cg, keep))
     by_tensor: dict[str, dict[int, np.ndarray]] = {}
     for (key, d), idx in keep.items():
         by_tensor.setdefault(key, {})[d] = idx
     for key, dims in by_tensor.items():
         if key[0] in "pb":
             names = cg.tensor_names[key]
-            old = gm.get_parameter(names[0]) if key[0] == "p" else gm.get_buffer(names[0])
+            old = cg.gm.get_parameter(names[0]) if key[0] == "p" else cg.gm.get_buffer(names[0])
             replace_tensor(gm, names, select(old, dims))
     update_modules(gm, cg, keep)
     exported = cg.frontend == "export"  # --- ATen size literals and metadata (shrink_export.py) ---

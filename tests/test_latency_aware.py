@@ -210,43 +210,9 @@ def test_cli_inspect_latency(cache, capsys):
     assert "rest of the model" in text and "alignment" in text
 
 
-# --------------------------------------------------------------- faster shrink stages
-def test_shrink_fast_equals_shrink():
-    """kept_indices_fast / copy_except give the same pruned module as passes.shrink, and
-    leave the original's tensors untouched."""
-    from fxprune.passes.shrink import kept_indices, shrink
-    from fxprune.shrink_fast import kept_indices_fast, shrink_fast
-
-    torch.manual_seed(0)
-    model, x = ThreeConvs().eval(), torch.randn(2, 3, 8, 8)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = fxprune.dead_channel_plan(model, x, fraction=0.4, seed=1)
-    cg, plan = res.graph, res.plan
-    a, b = kept_indices(cg, plan), kept_indices_fast(cg, plan)
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    slow, fast = shrink(cg, plan), shrink_fast(cg, plan)
-    assert slow.state_dict().keys() == fast.state_dict().keys()
-    assert all(torch.equal(slow.state_dict()[k], fast.state_dict()[k]) for k in slow.state_dict())
-    assert torch.equal(slow(x), fast(x))
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert all(t.numel() > 0 for t in cg.gm.state_dict().values())
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is absent")
 @pytest.mark.parametrize("backend", ["torch-cuda", "tensorrt"])
 def test_absent_gpu_backends_say_why(backend):
     with pytest.raises(LatencyTargetError, match="cannot run here"):
         fxprune.prune(ThreeConvs().eval(), torch.randn(1, 3, 8, 8), target_latency=0.5,
                       backend=backend)
-
-
-@pytest.mark.parametrize("p", [1, 2])
-def test_norm_scores_fast_equal_magnitude_scores(p):
-    from fxprune.passes.magnitude import l1_scores, l2_scores
-    from fxprune.shrink_fast import norm_scores_fast
-
-    torch.manual_seed(0)
-    cg = fxprune.analyze(ThreeConvs().eval(), torch.randn(1, 3, 8, 8), warn=False)
-    slow, fast = (l1_scores if p == 1 else l2_scores)(cg), norm_scores_fast(cg, p)
-    assert slow.keys() == fast.keys()
-    assert all(np.allclose(slow[k], fast[k], rtol=1e-12) for k in slow)

@@ -295,8 +295,10 @@ def copy_into(ctx: RuleContext) -> None:
         return
     ctx.space.couple_all(dst, y, ctx.node.name)
     src = ctx.arg(1, "src")
-    for j in range(1, min(src.ndim, y.ndim) + 1 if src is not None else 1):
-        if src.shape[-j] == y.shape[-j]:
+    if src is None:  # a python scalar: nothing to couple
+        return
+    for j in range(1, min(src.ndim, y.ndim) + 1):
+        if src.shape[-j] == y.shape[-j]:  # a size-1 dim broadcast into y stays size 1
             ctx.couple(src, -j, y, -j)
 
 

@@ -17,6 +17,7 @@ from .elements import ElementSpace, TensorRef
 from .grouping import find_groups
 from .errors import FxPruneError
 from .rules import RuleContext, rule_for
+from .rules.size_values import sizes_used_as_values
 from .trace import Traced, trace_graph
 
 __all__ = ["analyze", "apply_rules", "resolve_ignore", "graph_signature"]
@@ -115,6 +116,17 @@ def _run_node(space, node, refs, params, gm) -> None:
         _barrier(space, node, refs, module, f"rule failed: {type(e).__name__}: {e}")
 
 
+def _freeze_sizes_used_as_values(space, refs, graph: fx.Graph) -> None:
+    """A dim whose size feeds arithmetic on tensor values (``y / y.shape[1] ** 0.5``) is not
+    prunable: the pruned model would compute with the new size (rules/size_values.py)."""
+    for x, d, read, use in sizes_used_as_values(graph):
+        for r in refs.get(x.name, [])[:1]:
+            if r is not None:
+                space.freeze(r, d, f"its size ({read.name}) is used as a value by {use.name} "
+                             f"({getattr(use.target, '__name__', use.target)}); pruning it would "
+                             "change that value", read.name, "rule")
+
+
 def _barrier(space, node, refs, module, why: str) -> None:
     what = type(module).__name__ if module is not None else getattr(node.target, "__name__", node.target)
     reason = f"{why} ({node.op} {what}); add a rule or mark it ignored"
@@ -207,6 +219,7 @@ def apply_rules(traced: Traced) -> tuple[ElementSpace, dict[str, tuple[str, ...]
     for node in traced.graph.nodes:
         refs[node.name] = _output_refs(space, node)
         _run_node(space, node, refs, params, traced.root)
+    _freeze_sizes_used_as_values(space, refs, traced.graph)
     for d in range(len(space.dim_size)):
         if d not in space.touched:
             key, axis = space.dim_key[d]

@@ -93,7 +93,8 @@ def fix_sizes(fx_: _Fixup, n: fx.Node) -> None:
 
 
 def fix_split(fx_: _Fixup, n: fx.Node) -> None:
-    """split/chunk: the pieces keep their boundaries, so sizes become an explicit list."""
+    """split/chunk/tensor_split: the pieces keep their boundaries, so sizes become an explicit
+    list (tensor_split's indices or section count turn into split sizes)."""
     x = n.args[0]
     dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
     meta = n.meta.get("tensor_meta")
@@ -196,8 +197,9 @@ def fix_conv_groups(fx_: _Fixup, n: fx.Node) -> None:
 
 
 _METHOD_FIXERS = {"view": fix_sizes, "reshape": fix_sizes, "expand": fix_sizes,
-                  "split": fix_split, "chunk": fix_split}
+                  "split": fix_split, "chunk": fix_split, "tensor_split": fix_split}
 _FUNCTION_FIXERS = {torch.reshape: fix_sizes, torch.split: fix_split, torch.chunk: fix_split,
+                    torch.tensor_split: fix_split,
                     F.pad: fix_pad, operator.getitem: fix_getitem, F.layer_norm: fix_layer_norm,
                     F.group_norm: fix_group_norm, F.conv1d: fix_conv_groups,
                     F.conv2d: fix_conv_groups, F.conv3d: fix_conv_groups}

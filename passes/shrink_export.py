@@ -66,7 +66,8 @@ def fix_unflatten(n: fx.Node, keep: Keep) -> None:
 
 
 def fix_split(n: fx.Node, keep: Keep) -> None:
-    """split/chunk/split_with_sizes(x, _, dim): pieces keep their boundaries, as explicit sizes."""
+    """split/chunk/split_with_sizes/tensor_split(x, _, dim): pieces keep their boundaries, as
+    explicit sizes (tensor_split's indices, sections or index tensor become split sizes)."""
     meta, x = n.meta.get("tensor_meta"), n.args[0]
     if not isinstance(meta, (list, tuple)) or _shape(x) is None:
         return
@@ -154,7 +155,7 @@ _FIXERS: dict = {
     **{p: fix_sizes for p in _ops(("view", "reshape", "_unsafe_view", "expand", "view_copy",
                                     "expand_copy", "_reshape_alias"))},
     **{p: fix_split for p in _ops(("split", "split_with_sizes", "chunk", "unsafe_split",
-                                    "unsafe_split_with_sizes", "split_copy"))},
+                                    "unsafe_split_with_sizes", "split_copy", "tensor_split"))},
     **{p: fix_slice for p in _ops(("slice", "slice_copy"))},
     **{p: fix_pad for p in _ops(("constant_pad_nd", "pad"))},
     **{p: fix_conv for p in _ops(("conv1d", "conv2d", "conv3d", "convolution"))},

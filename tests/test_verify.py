@@ -163,3 +163,68 @@ def test_in_place_model_is_never_silently_wrong() -> None:
         assert "a.weight:0" in str(e) or "empty plan" in str(e), e
         return
     assert fxprune.verify(model, res, x) <= tolerance(model, x)
+
+
+# ---- rounding that a model amplifies is not a wrong rewrite ----------------------------
+
+class Cancelling(nn.Module):
+    """``(y + 1e4) - 1e4``: fp32 keeps y only to ulp(1e4) ~ 1e-3, as RAFT's 12 refinement
+    steps amplify rounding (a one-ulp input nudge moves its flow by 3e-5). It casts its
+    input to float32 itself (RAFT's ``coords.float()``), so ``.double()`` alone cannot
+    run it in float64. ``reassociate`` computes ``((y + 1e4) + 2e4) - 3e4`` (the same
+    value, rounded on another grid); ``error`` adds a real change."""
+
+    def __init__(self, reassociate: bool = False, error: float = 0.0) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.reassociate, self.error = reassociate, error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x.float())
+        big = torch.full_like(y[:, :1], 1e4)
+        out = ((y + big) + 2 * big) - 3 * big if self.reassociate else (y + big) - big
+        return out + self.error * y
+
+
+def _twin_result(model: nn.Module, x: torch.Tensor, **twin) -> fxprune.PruneResult:
+    """An empty-plan result whose module is ``model`` computed differently (``twin``)."""
+    import dataclasses
+
+    other = Cancelling(**twin).eval()
+    other.load_state_dict(model.state_dict())
+    return dataclasses.replace(fxprune.prune(model, x, ratio=0.0, check=False), module=other)
+
+
+def test_amplified_rounding_is_rechecked_in_float64() -> None:
+    torch.manual_seed(0)
+    model, x = Cancelling().eval(), torch.randn(64, 8)
+    res = _twin_result(model, x, reassociate=True)
+    assert fxprune.verify(model, res, x, rtol=1.0) > 1e-5  # fp32: above the tolerance
+    assert fxprune.verify(model, res, x, raise_on_fail=True) < 1e-9  # float64: rounding
+
+
+@pytest.mark.parametrize("float64_runs", [True, False])
+def test_a_real_change_still_fails_the_recheck(monkeypatch, float64_runs: bool) -> None:
+    V = importlib.import_module("fxprune.verify")
+
+    if not float64_runs:
+        monkeypatch.setattr(V, "_float64", lambda *a: (_ for _ in ()).throw(RuntimeError("no")))
+    torch.manual_seed(0)
+    model, x = Cancelling().eval(), torch.randn(64, 8)
+    res = _twin_result(model, x, error=0.1)
+    with pytest.raises(VerificationError):
+        fxprune.verify(model, res, x, raise_on_fail=True)
+
+
+def test_noise_floor_explains_rounding_where_float64_cannot_run(monkeypatch) -> None:
+    """Without float64, the reference's own change under a one-ulp input nudge (enough
+    samples that some cross a rounding step of 1e4) bounds what rounding can do."""
+    V = importlib.import_module("fxprune.verify")
+
+    monkeypatch.setattr(V, "_float64", lambda *a: (_ for _ in ()).throw(RuntimeError("no")))
+    torch.manual_seed(0)
+    model, x = Cancelling().eval(), torch.randn(4096, 8)
+    res = _twin_result(model, x, reassociate=True)
+    assert fxprune.verify(model, res, x, rtol=1.0) > 1e-5
+    with pytest.warns(UserWarning, match="rounding noise"):
+        assert fxprune.verify(model, res, x, raise_on_fail=True) == 0.0

@@ -36,6 +36,8 @@ __all__ = [
     "ShuffleModule",
     "ShuffleView",
     "SplitChunk",
+    "TensorSplitNet",
+    "SliceWrite",
     "Untraceable",
     "WrappedBarrier",
     "build",
@@ -501,6 +503,57 @@ class InPlaceNet(nn.Module):
         return self.fc(z.mean((2, 3)))
 
 
+class TensorSplitNet(nn.Module):
+    """torch.tensor_split / Tensor.tensor_split: by indices (uneven pieces [0, 3) and [3, 8)
+    of conv1), by a section count (conv_b's halves, gated) and along H at index 1 (MViT
+    splits its class token off this way); the pieces are offset slices, as with split.
+
+    groups: conv1.weight:0 (8: channels 0-2 feed conv_a, 3-7 feed conv_b), conv_b.weight:0
+    (3: the gated halves [0, 3) and [3, 6) are multiplied, unit i is conv_b channels i and
+    3+i), conv_a.weight:0 (4: conv_a = conv_c out, added, into fc).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv_b = nn.Conv2d(5, 6, 1)
+        self.conv_c = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv1(x))
+        a, b = torch.tensor_split(y, [3], dim=1)
+        g, h = self.conv_b(b).tensor_split(2, dim=1)
+        z = torch.relu(self.conv_a(a)) + self.conv_c(g * torch.sigmoid(h))
+        top, rest = torch.tensor_split(z, (1,), dim=2)
+        return self.fc(top.mean((2, 3)) + rest.amax((2, 3)))
+
+
+class SliceWrite(nn.Module):
+    """In-place writes into channel and spatial slices whose results nobody uses (MViT's
+    ``attn[:, :, 1:, 1:] += rel_pos``): ``add_`` into a view, and ``copy_`` of another
+    conv's channels and of a broadcast parameter into channel slices of ``y``. torch.export
+    records each as ``slice`` + ``add_``/``copy_``; the writes change ``y`` itself.
+
+    groups: c1.weight:0 (8: c1 = c2 out (added); c3 out is y's channels 2-4, ``fill`` its
+    channels 6-7).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 1), nn.Conv2d(3, 3, 1)
+        self.fill = nn.Parameter(torch.randn(1, 2, 1, 1))
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(x)
+        y[:, :, 1:].add_(self.c2(x)[:, :, 1:])
+        y[:, 2:5].copy_(self.c3(x))
+        y[:, 6:].copy_(self.fill)
+        return self.fc(y.relu().mean((2, 3)))
+
+
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm random affine parameters and running statistics, so a
     dead-channel test notices a statistic selected along the wrong channels."""
@@ -538,6 +591,8 @@ TOY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "functional_layers": (FunctionalLayers, _IMAGE),
     "functional_tokens": (FunctionalTokens, (2, 5)),
     "inplace": (InPlaceNet, _IMAGE),
+    "tensor_split": (TensorSplitNet, _IMAGE),
+    "slice_write": (SliceWrite, _IMAGE),
 }
 
 

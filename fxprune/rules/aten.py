@@ -340,6 +340,8 @@ ATEN_RULES: dict = {
     **_table({"permute": permute, "transpose": transpose, "expand": S.expand,
               "cat": S.cat, "concat": S.cat, "stack": S.stack, "split": S.split,
               "split_with_sizes": S.split, "chunk": S.split, "unsafe_split": unsafe_split,
+              # all three overloads: .indices, .sections, .tensor_indices_or_sections
+              "tensor_split": S.tensor_split, "copy_": S.copy_into, "copy": S.copy_into,
               "unbind": S.unbind, "slice": slice_, "select": select, "index": index,
               "constant_pad_nd": constant_pad_nd, "pad": S.pad, "roll": S.roll,
               "pixel_shuffle": S.pixel_shuffle, "pixel_unshuffle": S.pixel_unshuffle,

@@ -7,8 +7,10 @@ computes something else. Here the default is the other way round: a node is
 deletable only when its op is *known* pure — it has a rule in the op table
 (so we know what it is) and it does not write into an argument: no ``foo_``
 method or function, no ``operator.i*``, no ``inplace=True``, no module with
-``inplace`` set. Unknown modules, unknown functions and fx-wrapped functions
-of other packages are kept. Placeholders and the output are never deleted.
+``inplace`` set, no ATen op whose schema is mutable (``aten.copy_.default``: an
+overload's name is ``copy_.default``, so the ``foo_`` test alone misses it).
+Unknown modules, unknown functions and fx-wrapped functions of other packages
+are kept. Placeholders and the output are never deleted.
 """
 from __future__ import annotations
 
@@ -51,6 +53,8 @@ def writes_in_place(node: fx.Node, module: torch.nn.Module | None = None) -> boo
         return bool(getattr(module, "inplace", False))
     if node.op not in ("call_function", "call_method"):
         return False
+    if isinstance(node.target, torch._ops.OpOverload):  # ATen (torch.export): the schema says
+        return node.target._schema.is_mutable        # (``copy_.default`` is no ``foo_`` name)
     name = _name(node.target)
     if _is_inplace_name(name):
         return True

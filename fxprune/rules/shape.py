@@ -13,7 +13,7 @@ from .base import RuleContext, norm_dim
 
 __all__ = [
     "identity", "reshape", "permute", "transpose", "cat", "stack", "split",
-    "unbind", "getitem", "pad", "roll", "expand", "pixel_shuffle",
+    "tensor_split", "copy_into", "unbind", "getitem", "pad", "roll", "expand", "pixel_shuffle",
     "pixel_unshuffle", "channel_shuffle", "reshape_blocks", "reshape_as", "expand_as",
     "self_only",
 ]
@@ -265,6 +265,41 @@ def split(ctx: RuleContext, dim_pos: int = 2) -> None:
             else:
                 ctx.couple(x, k, r, k)
         offset += n
+
+
+def tensor_split(ctx: RuleContext) -> None:
+    """tensor_split(x, indices_or_sections, dim): split's rule when the pieces tile the dim in
+    order. Unsorted indices make pieces overlap (``[3, 1]`` gives x[:3], x[3:1], x[1:]):
+    their sizes then add up to more than the dim, and the dim is frozen instead."""
+    x, outs = ctx.arg(0), ctx.outs()
+    if x is None or not outs or any(r is None for r in outs):
+        return
+    d = norm_dim(ctx.value(2, "dim", 0), x.ndim)
+    if sum(r.shape[d] for r in outs) == x.shape[d]:
+        split(ctx)
+        return
+    ctx.freeze(x, d, "tensor_split with unsorted indices (overlapping pieces)")
+    for r in outs:
+        ctx.freeze(r, d, "tensor_split with unsorted indices (overlapping pieces)")
+        for k in range(x.ndim):
+            if k != d:
+                ctx.couple(x, k, r, k)
+
+
+def copy_into(ctx: RuleContext) -> None:
+    """self.copy_(src) / aten.copy(self, src): src broadcast into self's shape; the result
+    is self (the same tensor, written in place), so self's dims are the result's and src's
+    dims align from the right where their sizes match."""
+    dst, y = ctx.arg(0), ctx.out()
+    if dst is None or y is None:
+        return
+    ctx.space.couple_all(dst, y, ctx.node.name)
+    src = ctx.arg(1, "src")
+    if src is None:  # a python scalar: nothing to couple
+        return
+    for j in range(1, min(src.ndim, y.ndim) + 1):
+        if src.shape[-j] == y.shape[-j]:  # a size-1 dim broadcast into y stays size 1
+            ctx.couple(src, -j, y, -j)
 
 
 def unbind(ctx: RuleContext) -> None:

@@ -302,6 +302,7 @@ _ELEMENTWISE = [
     "bitwise_not", "bitwise_and", "bitwise_or", "type_as", "threshold",
     "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "dropout_",
     "feature_dropout_", "alpha_dropout_", "feature_alpha_dropout_", "lerp",
+    "addcmul", "addcmul_", "addcdiv", "addcdiv_",
 ]
 
 _IDENTITY = ["clone", "_to_copy", "to", "contiguous", "alias", "detach", "detach_",
@@ -338,6 +339,7 @@ ATEN_RULES: dict = {
     **_table({n: S.identity for n in _IDENTITY}),
     **_table({n: S.reshape for n in _RESHAPE}),
     **_table({"permute": permute, "transpose": transpose, "expand": S.expand,
+              "expand_as": S.expand_as,
               "cat": S.cat, "concat": S.cat, "stack": S.stack, "split": S.split,
               "split_with_sizes": S.split, "chunk": S.split, "unsafe_split": unsafe_split,
               # all three overloads: .indices, .sections, .tensor_indices_or_sections
@@ -350,6 +352,8 @@ ATEN_RULES: dict = {
     **_table({"mean": functools.partial(E.reduction, inert_zero=False),
               "amax": functools.partial(E.reduction, inert_zero=False),
               "sum": functools.partial(E.reduction, inert_zero=True),
+              "linalg_vector_norm": E.vector_norm,
+              "norm": functools.partial(E.vector_norm, order_name="p"),
               "softmax": E.softmax_like, "_softmax": E.softmax_like,
               "log_softmax": E.softmax_like, "_log_softmax": E.softmax_like}),
     # pooling and resampling: channels kept, spatial frozen

@@ -2,6 +2,7 @@
 activations, dropout, reductions, softmax, pooling and resampling."""
 from __future__ import annotations
 
+from typing import Any
 
 from .base import RuleContext, norm_dim
 
@@ -9,6 +10,8 @@ __all__ = [
     "elementwise",
     "softmax_like",
     "reduction",
+    "vector_norm",
+    "normalize",
     "channel_first_spatial",
     "glu",
     "sink",
@@ -54,13 +57,14 @@ def _reduced_dims(ctx: RuleContext, ndim: int, dim_pos: int = 1) -> list[int]:
     return sorted(norm_dim(d, ndim) for d in dims)
 
 
-def reduction(ctx: RuleContext, inert_zero: bool) -> None:
-    """mean/amax (inert_zero=False: reduced dims frozen) or sum (True: reduced dims are sinks)."""
+def reduction(ctx: RuleContext, inert_zero: bool, dim_pos: int = 1) -> None:
+    """mean/amax (inert_zero=False: reduced dims frozen) or sum (True: reduced dims are sinks);
+    ``dim`` at ``dim_pos``, ``keepdim`` right after it."""
     x, out = ctx.arg(0), ctx.out()
     if x is None or out is None:
         return
-    reduced = _reduced_dims(ctx, x.ndim)
-    keepdim = bool(ctx.value(2, "keepdim", False))
+    reduced = _reduced_dims(ctx, x.ndim, dim_pos)
+    keepdim = bool(ctx.value(dim_pos + 1, "keepdim", False))
     o = 0
     for k in range(x.ndim):
         if k in reduced:
@@ -73,6 +77,34 @@ def reduction(ctx: RuleContext, inert_zero: bool) -> None:
         else:
             ctx.couple(x, k, out, o)
             o += 1
+
+
+def _zero_is_inert(order: Any) -> bool:
+    """A p-norm ignores zero entries for p >= 0 (p = inf: max |x|; 'fro': p = 2); p < 0 and
+    -inf (min |x|) do not."""
+    return order == "fro" or (isinstance(order, (int, float)) and order >= 0)
+
+
+def vector_norm(ctx: RuleContext, order_name: str = "ord") -> None:
+    """linalg.vector_norm / norm(x, ord, dim, keepdim): a reduction; dead (zero) entries leave
+    a norm of order >= 0 unchanged, so its reduced dims are sinks, as for sum."""
+    reduction(ctx, inert_zero=_zero_is_inert(ctx.value(1, order_name, 2)), dim_pos=2)
+
+
+def normalize(ctx: RuleContext) -> None:
+    """F.normalize(x, p, dim): x / max(||x||_p over dim, eps), same shape; zero entries leave
+    the norm unchanged (p >= 0), so every dim, the normalised one too, is kept one to one."""
+    x, out = ctx.arg(0), ctx.out()
+    if x is None or out is None:
+        return
+    d = norm_dim(ctx.value(2, "dim", 1), x.ndim)
+    inert = _zero_is_inert(ctx.value(1, "p", 2.0))
+    for k in range(x.ndim):
+        if k == d and not inert:
+            ctx.freeze(x, k, f"normalize with p < 0 over dim {k}: zero entries change the norm")
+            ctx.freeze(out, k, f"normalize with p < 0 over dim {k}")
+        else:
+            ctx.couple(x, k, out, k)
 
 
 def sink(ctx: RuleContext) -> None:

@@ -5,6 +5,7 @@ classification) at ratio 0.5 and check the issue-11 targets.
     python bench/realworld.py --family hf,yolo --timeout 180
     python bench/realworld.py --models timm/resnet10t,hf/llama_gqa --frontend export
     python bench/realworld.py --family timm --every 4     # every 4th timm family: a sample
+    python bench/realworld.py --tp-only --resume          # Torch-Pruning's columns, added
     python bench/realworld.py --report-only               # re-print from the JSON
 
 The list lives in ``bench/realworld_models.py``; each model runs in its own
@@ -54,7 +55,7 @@ def run_one(name: str, args: argparse.Namespace, tmpdir: Path) -> dict[str, Any]
     out = tmpdir / (name.replace("/", "__") + ".json")
     cmd = [sys.executable, str(WORKER), name, "--out", str(out), "--frontend", args.frontend,
            "--max-mem-gb", str(args.max_mem_gb), "--tp-timeout", str(args.tp_timeout)] \
-        + (["--skip-tp"] if args.skip_tp else [])
+        + (["--skip-tp"] if args.skip_tp else []) + (["--tp-only"] if args.tp_only else [])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -161,11 +162,15 @@ def _m(v: Any, scale: float) -> str:
     return f"{v / scale:.2f}" if isinstance(v, (int, float)) else "–"
 
 
-def _row(r: dict[str, Any]) -> str:
+def tp_cell(r: dict[str, Any]) -> str:
+    """Torch-Pruning's params ratio, output check and time, or its error."""
     tp = r.get("errors", {}).get("tp")
-    tp_cell = (f"{r['tp_params_ratio']:.2f} {'ok' if r.get('tp_runs') else 'bad output'} "
-               f"{r['tp_s']:.1f}s" if "tp_params_ratio" in r else
-               ("FAIL " + tp["error"][:60] if tp else "–"))
+    return (f"{r['tp_params_ratio']:.2f} {'ok' if r.get('tp_runs') else 'bad output'} "
+            f"{r['tp_s']:.1f}s" if "tp_params_ratio" in r else
+            ("FAIL " + tp["error"][:60] if tp else "–"))
+
+
+def _row(r: dict[str, Any]) -> str:
     eq = (f"{r['equiv_diff']:.0e} ({r.get('equiv_groups', 0)}g)" if "equiv_diff" in r else "–")
     cells = [r["model"], r.get("frontend_used", "–"), r.get("scope", "–"),
              "ok" if r.get("ok") else "FAIL",
@@ -173,7 +178,7 @@ def _row(r: dict[str, Any]) -> str:
              f"{_m(r.get('params_before'), 1e6)}→{_m(r.get('params_after'), 1e6)}",
              f"{_m(r.get('macs_before'), 1e9)}→{_m(r.get('macs_after'), 1e9)}",
              f"{r['macs_removed']:.0%}" if "macs_removed" in r else "–", eq,
-             _m(r.get("prune_s"), 1), tp_cell, verdict(r)[:140]]
+             _m(r.get("prune_s"), 1), tp_cell(r), verdict(r)[:140]]
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
@@ -265,16 +270,33 @@ def run_all(names: list[str], args: argparse.Namespace, data: dict[str, Any]) ->
             futures = [pool.submit(run_one, n, args, Path(td)) for n in names]
             for i, fut in enumerate(as_completed(futures), 1):
                 rec = fut.result()
+                if args.tp_only:  # add Torch-Pruning's columns to fxprune's record
+                    rec = merge_tp(data["models"].get(rec["model"], {"model": rec["model"]}), rec)
                 data["models"][rec["model"]] = rec
                 save(args.out, data)
-                print(f"[{i}/{len(names)}] {rec['model']} ({rec['wall_s']:.0f}s): {verdict(rec)}",
-                      flush=True)
+                print(f"[{i}/{len(names)}] {rec['model']} ({rec['wall_s']:.0f}s): {verdict(rec)}"
+                      + (f"; TP: {tp_cell(rec)}" if args.tp_only else ""), flush=True)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             for proc in list(_LIVE):
                 os.killpg(proc.pid, signal.SIGKILL)
             raise
         pool.shutdown()
+
+
+TP_KEYS = ("tp_s", "tp_params_ratio", "tp_runs")
+
+
+def merge_tp(rec: dict[str, Any], tp_rec: dict[str, Any]) -> dict[str, Any]:
+    """fxprune's record with the Torch-Pruning fields (or TP's error) of a ``--tp-only`` run."""
+    rec = {k: v for k, v in rec.items() if k not in TP_KEYS}
+    rec.update({k: tp_rec[k] for k in TP_KEYS if k in tp_rec})
+    errors = {k: v for k, v in rec.get("errors", {}).items() if k != "tp"}
+    tp_err = tp_rec.get("errors", {}).get("tp") or tp_rec.get("errors", {}).get("build")
+    if tp_err and "tp_params_ratio" not in tp_rec:
+        errors["tp"] = tp_err
+    rec["errors"] = errors
+    return rec
 
 
 def save(path: Path, data: dict[str, Any]) -> None:
@@ -291,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=180, help="seconds per model")
     p.add_argument("--jobs", type=int, default=1, help="models in parallel")
     p.add_argument("--skip-tp", action="store_true", help="skip the Torch-Pruning comparison")
+    p.add_argument("--tp-only", action="store_true",
+                   help="run only Torch-Pruning and add its columns to the records in --out")
     p.add_argument("--tp-timeout", type=float, default=60.0,
                    help="seconds Torch-Pruning gets per model (it loops on some)")
     p.add_argument("--frontend", default="auto", help="fx | export | auto (if fxprune takes it)")
@@ -304,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         names = select(args, p)
         if args.resume:
-            names = [n for n in names if n not in data["models"]]
+            done = (lambda r: any(k in r for k in TP_KEYS) or "tp" in r.get("errors", {})) \
+                if args.tp_only else (lambda r: True)
+            names = [n for n in names if not (n in data["models"] and done(data["models"][n]))]
         from realworld_worker import frontend_kwargs
 
         data["meta"] = {"argv": sys.argv[1:] if argv is None else argv,

@@ -243,7 +243,7 @@ def _prune_stages(r: Recorder, b: Built, kw: dict, state: dict) -> bool:
 
 
 def measure(name: str, out: Path, skip_tp: bool = False, frontend: str | None = "auto",
-            tp_timeout: float = 60.0) -> dict:
+            tp_timeout: float = 60.0, tp_only: bool = False) -> dict:
     """Run every stage on suite entry ``name``; the record is also kept in ``out``."""
     e = entry(name)
     kw = frontend_kwargs(frontend)
@@ -261,6 +261,9 @@ def measure(name: str, out: Path, skip_tp: bool = False, frontend: str | None = 
         return run
 
     if not r.stage("build", setup(e.build)):
+        return _done(r)
+    if tp_only:  # Torch-Pruning's columns alone (realworld.py --tp-only merges them)
+        r.stage("tp", lambda: _tp_limited(state["b"].model, state["b"], tp_timeout))
         return _done(r)
     pruned = _prune_stages(r, state["b"], kw, state)
     if not pruned and e.fallback is not None:  # detectors: the backbone+FPN instead
@@ -296,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-mem-gb", type=float, default=0, help="address-space limit (0: none)")
     p.add_argument("--skip-tp", action="store_true")
     p.add_argument("--tp-timeout", type=float, default=60.0, help="seconds for Torch-Pruning")
+    p.add_argument("--tp-only", action="store_true", help="build, then Torch-Pruning only")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -303,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         lim = int(a.max_mem_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     torch.manual_seed(0)
-    measure(a.model, a.out, a.skip_tp, a.frontend, a.tp_timeout)
+    measure(a.model, a.out, a.skip_tp, a.frontend, a.tp_timeout, a.tp_only)
     return 0
 
 

@@ -14,7 +14,10 @@ the result can be fine-tuned and exported again:
 - the ``training`` arguments of batch norm and dropout read the module's
   ``training`` flag (``get_attr`` of ``<bn>.training`` / ``training``), so
   ``train()``/``eval()`` switch them; batch norm then updates its running stats
-  in train mode (``num_batches_tracked`` too);
+  in train mode (``num_batches_tracked`` too). Only arguments that followed the
+  eval mode (``False``) do: a batch norm hard-coded to batch statistics (timm's
+  weight-standardised ``StdConv2d``, ``F.batch_norm(w, None, None, training=True)``)
+  and dropout hard-coded on keep their literal ``True``;
 - ``_native_batch_norm_legit_no_training`` (torch 2.5's export IR) becomes
   ``aten.batch_norm``; shape asserts and the input guard module are dropped
   (they would check the pre-pruning sizes).
@@ -260,6 +263,8 @@ def _normalise(root: torch.nn.Module, graph: fx.Graph) -> None:
         if n.op != "call_function":
             continue
         if n.target == aten.batch_norm.default and len(n.args) > 5:
+            if n.args[5] is not False or n.args[3] is None:
+                continue  # batch statistics whatever the mode (weight standardisation: StdConv)
             owner = _owner(n, 3) or _owner(n, 1)
             flag = _flag(graph, flags, owner)
             n.args = n.args[:5] + (flag,) + n.args[6:]
@@ -268,7 +273,8 @@ def _normalise(root: torch.nn.Module, graph: fx.Graph) -> None:
                 with graph.inserting_before(n):
                     graph.create_node("call_function", count_batch,
                                       (_get_attr(graph, nbt), flag))
-        elif n.target in _DROPOUTS and len(n.args) > _DROPOUTS[n.target]:
+        elif n.target in _DROPOUTS and len(n.args) > _DROPOUTS[n.target] \
+                and n.args[_DROPOUTS[n.target]] is False:  # True: always on (MC dropout)
             pos = _DROPOUTS[n.target]
             n.args = n.args[:pos] + (_flag(graph, flags, ""),) + n.args[pos + 1:]
     graph.eliminate_dead_code()

@@ -163,6 +163,47 @@ def test_train_eval_switch_batch_norm_and_dropout() -> None:
     assert m.get_parameter("a.weight").grad is not None
 
 
+class StdConvNet(nn.Module):
+    """A weight-standardised conv (timm's StdConv2d / ScaledStdConv2d: ``F.batch_norm`` on
+    the weight with ``training=True`` and no running stats) after a plain conv, and an
+    always-on dropout. Both hard-code their mode, so an eval-mode capture must keep them as
+    written; the standardisation normalises over ``a``'s input channels (``c0``'s group:
+    prunable, mixing), while ``a``'s own output channels stay exact."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c0 = nn.Conv2d(3, 8, 3, padding=1)
+        self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.a.weight
+        w = F.batch_norm(w.reshape(1, 8, -1), None, None, training=True, momentum=0.0,
+                         eps=1e-5).reshape_as(w)
+        h = torch.relu(F.conv2d(torch.relu(self.c0(x)), w, self.a.bias, padding=1))
+        return self.b(F.dropout(h, 0.0, training=True))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_weight_standardisation_mixes_input_channels(frontend: str) -> None:
+    torch.manual_seed(0)
+    model = StdConvNet().eval()
+    cg = fxprune.analyze(model, X, frontend=frontend, warn=False)
+    mixing = {next(m.key for m in g.params() if m.dim == 0): g.mixing for g in cg.groups}
+    assert mixing == {"p:c0.weight": True, "p:a.weight": False}, mixing
+    res = fxprune.prune(model, X, ratio=0.5, frontend=frontend)
+    assert res.oracle_diff is not None and res.oracle_diff <= 1e-5  # the exact group's check
+
+
+def test_hard_coded_batch_statistics_and_dropout_keep_their_mode() -> None:
+    torch.manual_seed(0)
+    model = StdConvNet().eval()
+    res = _run_and_check(model)  # raised "running_mean must be defined" when it read the mode
+    bns = [n for n in res.module.graph.nodes if n.target is torch.ops.aten.batch_norm.default]
+    assert bns and all(n.args[5] is True for n in bns)
+    with torch.no_grad():
+        assert torch.allclose(res.module.train()(X), res.module.eval()(X))
+
+
 def test_pruned_module_exports_again(tmp_path) -> None:
     model = SamePad().eval()
     res = _run_and_check(model)

@@ -143,6 +143,22 @@ def per_channel(ctx: RuleContext, tensors: tuple[int, ...] = (1, 2, 3, 4)) -> No
         ctx.couple(ctx.arg(i), 0, y, 1)
 
 
+def batch_norm(ctx: RuleContext) -> None:
+    """batch_norm(x, weight, bias, running_mean, running_var, training, ...) and
+    _native_batch_norm_legit (.no_stats: no running statistics): per channel; batch
+    statistics (training, or none kept) also mix the non-channel dims, where dead entries
+    shift the mean and variance (timm's weight-standardised convs normalise a weight's
+    input-channel dim this way: prunable, marked mixing, as LayerNorm's)."""
+    per_channel(ctx)
+    no_stats = getattr(ctx.node.target, "_overloadname", "") == "no_stats"
+    if no_stats or bool(ctx.value(5, "training", False)) or \
+            (len(ctx.node.args) > 3 and ctx.node.args[3] is None):
+        y = ctx.out()
+        for d in range(y.ndim):
+            if d != 1:
+                ctx.space.mark_mixing(y, d)
+
+
 def _bn_functional(ctx: RuleContext) -> None:
     """_native_batch_norm_legit_functional: (out, mean, rstd, new_running_mean, new_running_var)."""
     per_channel(_FirstOutput(ctx))
@@ -325,9 +341,9 @@ ATEN_RULES: dict = {
               "mm": A.matmul, "bmm": A.matmul, "matmul": A.matmul, "embedding": embedding,
               "t": t}),
     # normalisations
-    **_table({"batch_norm": per_channel, "instance_norm": per_channel,
+    **_table({"batch_norm": batch_norm, "instance_norm": per_channel,
               "_native_batch_norm_legit_no_training": _first(per_channel),
-              "_native_batch_norm_legit": _first(per_channel),
+              "_native_batch_norm_legit": _first(batch_norm),
               "native_batch_norm": _first(per_channel),
               "_native_batch_norm_legit_functional": _bn_functional,
               "layer_norm": layer_norm, "native_layer_norm": _first(layer_norm),
@@ -339,7 +355,7 @@ ATEN_RULES: dict = {
     **_table({n: S.identity for n in _IDENTITY}),
     **_table({n: S.reshape for n in _RESHAPE}),
     **_table({"permute": permute, "transpose": transpose, "expand": S.expand,
-              "expand_as": S.expand_as,
+              "expand_as": S.expand_as, "reshape_as": S.reshape_as, "view_as": S.reshape_as,
               "cat": S.cat, "concat": S.cat, "stack": S.stack, "split": S.split,
               "split_with_sizes": S.split, "chunk": S.split, "unsafe_split": unsafe_split,
               # all three overloads: .indices, .sections, .tensor_indices_or_sections

@@ -96,6 +96,16 @@ def _build(spec, device: str = "cpu"):
         return getattr(transformers, cls)(cfg).eval()
 
 
+def _tp_inputs(ids) -> dict:
+    """Torch-Pruning's tracing input: ``use_cache=False``. transformers 5's DynamicCache
+    starts each layer's keys/values as an empty tensor and ``torch.cat``s onto it (4.x
+    appended the first states, no cat); TP's graph maps that cat with unknown offsets and
+    closes a cycle through rotate_half's cat, whose +head_dim/2 offset grows the indices on
+    every lap, so ``get_pruning_group(q_proj)`` never ends. The cache is no part of what is
+    pruned, so tracing without it is the example's graph as it ran on transformers 4."""
+    return {"input_ids": ids, "use_cache": False}
+
+
 def _tp_prune(model, ids):
     import torch_pruning as tp
 
@@ -107,7 +117,7 @@ def _tp_prune(model, ids):
             num_heads[m.v_proj] = model.config.num_key_value_heads
     gqa = model.config.num_attention_heads != model.config.num_key_value_heads
     pruner = tp.pruner.MetaPruner(
-        model, example_inputs=ids, importance=tp.importance.GroupMagnitudeImportance(p=2),
+        model, example_inputs=_tp_inputs(ids), importance=tp.importance.GroupMagnitudeImportance(p=2),
         global_pruning=False, pruning_ratio=0.5, ignored_layers=[model.lm_head],
         num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
         head_pruning_ratio=0.5, round_to=4,
@@ -134,7 +144,7 @@ def _tp_mlp_prune(model, ids):
     --tp-timeout): DependencyGraph, the gate_proj group, GroupMagnitudeImportance(p=2)."""
     import torch_pruning as tp
 
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=ids,
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=_tp_inputs(ids),
                                                output_transform=lambda out: out.logits)
     imp = tp.importance.GroupMagnitudeImportance(p=2)
     for layer in model.model.layers:

@@ -6,8 +6,16 @@
 
 Every model is built from a config with random weights (no downloads). Each
 (model, tool) runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its
-own; ``extra_mb`` is the peak minus the RSS right after the model was built, i.e. the
-memory the pruning itself needed. Tools, all at ratio 0.5 with L2 magnitude:
+own; ``extra_mb`` is the peak minus the RSS right after the model was built and the
+tool's package imported, i.e. the memory the pruning itself needed. ``prune_s`` (wall)
+and ``cpu_s`` (process CPU time, less sensitive to other jobs on a shared machine) time
+the pruning call only. Until the ``llm_vs_tp`` results the import (~0.4 s ``fxprune.hf``,
+~0.9 s ``torch_pruning``, which imports timm) was inside the clock and the baseline.
+``--repeat N`` runs every (model, tool) N times, repeats outermost, and reports medians.
+Memory, like for like: Torch-Pruning prunes the model it is given, as ``*-inplace``
+does; plain ``fxprune`` leaves its input usable, so its ``extra_mb`` holds the whole
+pruned model (copies of the untouched tensors included). Tools, all at ratio 0.5 with
+L2 magnitude:
 
 - ``fxprune``: ``fxprune.hf.prune(ratio={"heads": .5, "mlp": .5})`` (KV groups + MLP).
 - ``fxprune+hidden``: the same plus ``hidden: .5``, the work Torch-Pruning's example does.
@@ -20,7 +28,10 @@ memory the pruning itself needed. Tools, all at ratio 0.5 with L2 magnitude:
   ``head_pruning_ratio=0.5``, ``pruning_ratio=0.5`` (which also prunes the hidden size),
   ``GroupMagnitudeImportance(p=2)``, then the example's manual config patch. Run on the
   q/k/v_proj models only (the example's scope); ``reloads`` says whether its
-  ``save_pretrained`` output loads back with ``from_pretrained``.
+  ``save_pretrained`` output loads back with ``from_pretrained``. Both TP tools trace with
+  ``use_cache=False`` (see ``_tp_inputs``: with transformers 5's KV cache in the trace,
+  TP's grouping never terminates). Its GQA handling halves the query heads but keeps
+  every KV head, so its model is a little larger than ``fxprune+hidden``'s.
 
 ``--meta7b`` also analyses a Llama-2-7B-shaped config on the meta device (no weights
 in memory): the export-frontend ChannelGraph (``fxprune.analyze(frontend="export")``)

@@ -152,8 +152,8 @@ def _tp_prune(model, ids):
 
 
 def _tp_mlp_prune(model, ids):
-    """Torch-Pruning's low-level API on the MLP groups only (its attention groups loop, see
-    --tp-timeout): DependencyGraph, the gate_proj group, GroupMagnitudeImportance(p=2)."""
+    """Torch-Pruning's low-level API on the MLP groups only: DependencyGraph, the gate_proj
+    group, GroupMagnitudeImportance(p=2)."""
     import torch_pruning as tp
 
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=_tp_inputs(ids),

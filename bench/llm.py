@@ -6,8 +6,16 @@
 
 Every model is built from a config with random weights (no downloads). Each
 (model, tool) runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its
-own; ``extra_mb`` is the peak minus the RSS right after the model was built, i.e. the
-memory the pruning itself needed. Tools, all at ratio 0.5 with L2 magnitude:
+own; ``extra_mb`` is the peak minus the RSS right after the model was built and the
+tool's package imported, i.e. the memory the pruning itself needed. ``prune_s`` (wall)
+and ``cpu_s`` (process CPU time, less sensitive to other jobs on a shared machine) time
+the pruning call only. Until the ``llm_vs_tp`` results the import (~0.4 s ``fxprune.hf``,
+~0.9 s ``torch_pruning``, which imports timm) was inside the clock and the baseline.
+``--repeat N`` runs every (model, tool) N times, repeats outermost, and reports medians.
+Memory, like for like: Torch-Pruning prunes the model it is given, as ``*-inplace``
+does; plain ``fxprune`` leaves its input usable, so its ``extra_mb`` holds the whole
+pruned model (copies of the untouched tensors included). Tools, all at ratio 0.5 with
+L2 magnitude:
 
 - ``fxprune``: ``fxprune.hf.prune(ratio={"heads": .5, "mlp": .5})`` (KV groups + MLP).
 - ``fxprune+hidden``: the same plus ``hidden: .5``, the work Torch-Pruning's example does.
@@ -20,7 +28,10 @@ memory the pruning itself needed. Tools, all at ratio 0.5 with L2 magnitude:
   ``head_pruning_ratio=0.5``, ``pruning_ratio=0.5`` (which also prunes the hidden size),
   ``GroupMagnitudeImportance(p=2)``, then the example's manual config patch. Run on the
   q/k/v_proj models only (the example's scope); ``reloads`` says whether its
-  ``save_pretrained`` output loads back with ``from_pretrained``.
+  ``save_pretrained`` output loads back with ``from_pretrained``. Both TP tools trace with
+  ``use_cache=False`` (see ``_tp_inputs``: with transformers 5's KV cache in the trace,
+  TP's grouping never terminates). Its GQA handling halves the query heads but keeps
+  every KV head, so its model is a little larger than ``fxprune+hidden``'s.
 
 ``--meta7b`` also analyses a Llama-2-7B-shaped config on the meta device (no weights
 in memory): the export-frontend ChannelGraph (``fxprune.analyze(frontend="export")``)
@@ -34,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import resource
 import subprocess
 import sys
@@ -96,6 +108,16 @@ def _build(spec, device: str = "cpu"):
         return getattr(transformers, cls)(cfg).eval()
 
 
+def _tp_inputs(ids) -> dict:
+    """Torch-Pruning's tracing input: ``use_cache=False``. transformers 5's DynamicCache
+    starts each layer's keys/values as an empty tensor and ``torch.cat``s onto it (4.x
+    appended the first states, no cat); TP's graph maps that cat with unknown offsets and
+    closes a cycle through rotate_half's cat, whose +head_dim/2 offset grows the indices on
+    every lap, so ``get_pruning_group(q_proj)`` never ends. The cache is no part of what is
+    pruned, so tracing without it is the example's graph as it ran on transformers 4."""
+    return {"input_ids": ids, "use_cache": False}
+
+
 def _tp_prune(model, ids):
     import torch_pruning as tp
 
@@ -107,7 +129,7 @@ def _tp_prune(model, ids):
             num_heads[m.v_proj] = model.config.num_key_value_heads
     gqa = model.config.num_attention_heads != model.config.num_key_value_heads
     pruner = tp.pruner.MetaPruner(
-        model, example_inputs=ids, importance=tp.importance.GroupMagnitudeImportance(p=2),
+        model, example_inputs=_tp_inputs(ids), importance=tp.importance.GroupMagnitudeImportance(p=2),
         global_pruning=False, pruning_ratio=0.5, ignored_layers=[model.lm_head],
         num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
         head_pruning_ratio=0.5, round_to=4,
@@ -130,11 +152,11 @@ def _tp_prune(model, ids):
 
 
 def _tp_mlp_prune(model, ids):
-    """Torch-Pruning's low-level API on the MLP groups only (its attention groups loop, see
-    --tp-timeout): DependencyGraph, the gate_proj group, GroupMagnitudeImportance(p=2)."""
+    """Torch-Pruning's low-level API on the MLP groups only: DependencyGraph, the gate_proj
+    group, GroupMagnitudeImportance(p=2)."""
     import torch_pruning as tp
 
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=ids,
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=_tp_inputs(ids),
                                                output_transform=lambda out: out.logits)
     imp = tp.importance.GroupMagnitudeImportance(p=2)
     for layer in model.model.layers:
@@ -171,15 +193,17 @@ def worker(model_name: str, tool: str, quick: bool) -> dict:
     model = _build(spec)
     n0 = sum(p.numel() for p in model.parameters())
     ids = torch.randint(0, model.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0))
+    if tool.startswith("tp"):  # imported before the clock and the RSS baseline: a one-time
+        import torch_pruning  # noqa: F401  cost (torch_pruning pulls in timm: ~0.9 s)
+    else:
+        import fxprune.hf as H
     base = _rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if tool == "tp":
         pruned = _tp_prune(model, ids)
     elif tool == "tp-mlp":
         pruned = _tp_mlp_prune(model, ids)
     else:
-        import fxprune.hf as H
-
         base_tool, inplace = tool.removesuffix("-inplace"), tool.endswith("-inplace")
         ratio = {"mlp": 0.5} if base_tool == "fxprune-mlp" else {"heads": 0.5, "mlp": 0.5}
         if base_tool == "fxprune+hidden":
@@ -187,11 +211,12 @@ def worker(model_name: str, tool: str, quick: bool) -> dict:
         if model_name in ("gpt2", "bert"):  # their configs cannot express pruned heads
             ratio = {"mlp": 0.5}
         pruned = H.prune(model, ids, ratio=ratio, criterion="l2", verify=False, inplace=inplace)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = _peak_mb()
     n1 = sum(p.numel() for p in pruned.parameters())
     row = {"model": model_name, "tool": tool, "params_M": round(n0 / 1e6, 1),
            "pruned_params_M": round(n1 / 1e6, 1), "prune_s": round(secs, 2),
+           "cpu_s": round(cpu, 2),
            "rss_after_build_mb": round(base), "peak_mb": round(peak), "extra_mb": round(peak - base)}
     row["reloads"] = _reloads(pruned, ids)
     return row
@@ -243,19 +268,62 @@ def _spawn(argv: list[str], timeout: float) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def _median_row(runs: list[dict]) -> dict:
+    """One row per (model, tool): the median of every timing/memory figure over the repeats
+    (each repeat its own process), with how many repeats there were and the spread of prune_s."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[-1]
+    row = dict(ok[0])
+    for k in ("prune_s", "cpu_s", "rss_after_build_mb", "peak_mb", "extra_mb"):
+        row[k] = round(statistics.median(r[k] for r in ok), 3)
+    row["runs"] = len(ok)
+    row["prune_s_all"] = [r["prune_s"] for r in ok]
+    if len(ok) < len(runs):
+        row["errors"] = [r["error"] for r in runs if "error" in r]
+    return row
+
+
+PAIRS = [("fxprune+hidden", "tp"), ("fxprune+hidden-inplace", "tp"),
+         ("fxprune-mlp", "tp-mlp"), ("fxprune-mlp-inplace", "tp-mlp")]
+
+
+def _versus(rows: list[dict]) -> list[str]:
+    """fxprune against Torch-Pruning on the same work (same model, same units removed)."""
+    by = {(r["model"], r["tool"]): r for r in rows if "error" not in r}
+    out = ["| model | fxprune tool | TP tool | speedup (wall) | speedup (CPU) | extra MB fx / TP "
+           "| peak MB fx / TP |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for m in dict.fromkeys(r["model"] for r in rows):
+        for fx, tp in PAIRS:
+            a, b = by.get((m, fx)), by.get((m, tp))
+            if a and b:
+                out.append(f"| {m} | {fx} | {tp} | {b['prune_s'] / a['prune_s']:.1f}x | "
+                           f"{b['cpu_s'] / a['cpu_s']:.1f}x | {a['extra_mb']:.0f} / "
+                           f"{b['extra_mb']:.0f} | {a['peak_mb']:.0f} / {b['peak_mb']:.0f} |")
+    return out if len(out) > 2 else []
+
+
 def _markdown(rows: list[dict], meta: dict | None, args) -> str:
     lines = [f"# LLM pruning bench ({'--quick' if args.quick else 'full'} configs)", "",
              f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-             "(shared with other jobs: times are noisy); random weights from configs; ratio 0.5, L2.",
+             "(shared with other jobs: times are noisy); random weights from configs; ratio 0.5, L2; "
+             f"torch threads {max(1, (os.cpu_count() or 2) // 2)} for every tool; medians of "
+             f"{args.repeat} runs, each in its own process, tools interleaved.",
              f"command: `python bench/llm.py {' '.join(sys.argv[1:])}`", "",
-             "| model | tool | params M | pruned M | prune s | extra MB | peak MB | reloads |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| model | tool | params M | pruned M | prune s | (all runs) | CPU s | extra MB | "
+             "peak MB | reloads |",
+             "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['tool']} | error: {r['error']} | | | | | |")
+            lines.append(f"| {r['model']} | {r['tool']} | error: {r['error']} | | | | | | | |")
             continue
         lines.append(f"| {r['model']} | {r['tool']} | {r['params_M']} | {r['pruned_params_M']} | "
-                     f"{r['prune_s']} | {r['extra_mb']} | {r['peak_mb']} | {r.get('reloads', '')} |")
+                     f"{r['prune_s']} | {r.get('prune_s_all', '')} | {r.get('cpu_s', '')} | "
+                     f"{r['extra_mb']:.0f} | {r['peak_mb']:.0f} | {r.get('reloads', '')} |")
+    vs = _versus(rows)
+    if vs:
+        lines += ["", "## fxprune vs Torch-Pruning (same model, same work; TP time / fxprune time)",
+                  ""] + vs
     if meta:
         lines += ["", "## 7B-shaped Llama on the meta device", "", "```", json.dumps(meta, indent=1), "```"]
     return "\n".join(lines) + "\n"
@@ -269,6 +337,8 @@ def main() -> None:
                     default=["fxprune", "fxprune+hidden", "tp", "fxprune-mlp", "tp-mlp"])
     ap.add_argument("--meta7b", action="store_true", help="also the 7B-shaped meta analysis")
     ap.add_argument("--name", help="results file stem (default llm / llm_quick)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per (model, tool); the table shows medians")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per fxprune run")
     ap.add_argument("--tp-timeout", type=float, default=600,
                     help="seconds per Torch-Pruning run (its DependencyGraph can loop forever on "
@@ -282,22 +352,25 @@ def main() -> None:
     if args.worker_meta7b:
         print(json.dumps(worker_meta7b()))
         return
-    rows = []
-    for m in args.models:
-        for tool in args.tools:
-            if tool != "fxprune" and m not in TP_MODELS:  # the example's scope: q/k/v_proj models
-                continue
-            argv = ["--worker", m, tool] + (["--quick"] if args.quick else [])
-            r = {"model": m, "tool": tool,
-                 **_spawn(argv, args.tp_timeout if tool == "tp" else args.timeout)}
-            print(json.dumps(r), flush=True)
-            rows.append(r)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(args.repeat):  # repeats outermost: a burst of load hits every tool alike
+        for m in args.models:
+            for tool in args.tools:
+                if tool != "fxprune" and m not in TP_MODELS:  # the example's scope: q/k/v_proj
+                    continue
+                argv = ["--worker", m, tool] + (["--quick"] if args.quick else [])
+                r = {"model": m, "tool": tool,
+                     **_spawn(argv, args.tp_timeout if tool == "tp" else args.timeout)}
+                print(json.dumps(r), flush=True)
+                runs.setdefault((m, tool), []).append(r)
+    rows = [_median_row(v) for v in runs.values()]
     meta = _spawn(["--worker-meta7b"], args.timeout) if args.meta7b else None
     if meta:
         print(json.dumps(meta), flush=True)
     RESULTS.mkdir(exist_ok=True)
     name = args.name or ("llm_quick" if args.quick else "llm")
-    (RESULTS / f"{name}.json").write_text(json.dumps({"rows": rows, "meta7b": meta}, indent=1))
+    (RESULTS / f"{name}.json").write_text(json.dumps(
+        {"rows": rows, "runs": [r for v in runs.values() for r in v], "meta7b": meta}, indent=1))
     (RESULTS / f"{name}.md").write_text(_markdown(rows, meta, args))
     print(_markdown(rows, meta, args))
 

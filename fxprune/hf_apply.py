@@ -114,6 +114,18 @@ def _fill_meta_from(new: nn.Module, old: nn.Module) -> None:
                     setattr(mod, attr, ref.clone())
 
 
+def _meta_shell(cls: type, cfg) -> nn.Module:
+    """``cls(cfg)`` on the meta device without running its weight initialisers: every
+    parameter is replaced by a loaded tensor, and on 2 CPU cores the (meta) init of a
+    300M-parameter config costs 0.1-0.6 s of Python dispatch."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers < 5
+        from contextlib import nullcontext as no_init_weights
+    with torch.device("meta"), no_init_weights():
+        return cls(cfg)
+
+
 def finish(new: nn.Module, model: nn.Module) -> nn.Module:
     _fill_meta_from(new, model)
     if getattr(new.config, "tie_word_embeddings", False) and hasattr(new, "tie_weights"):
@@ -139,9 +151,7 @@ def build_pruned(model: nn.Module, plan: HFPlan, consume: bool = False) -> nn.Mo
     sd = _selected(model, plan, consume)
     if not plan.uniform:
         return _build_per_layer(model, plan, sd)
-    cfg = new_config(model, plan)
-    with torch.device("meta"):
-        new = type(model)(cfg)
+    new = _meta_shell(type(model), new_config(model, plan))
     try:
         new.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:
@@ -154,8 +164,7 @@ def _build_per_layer(model: nn.Module, plan: HFPlan, sd: dict[str, torch.Tensor]
     if plan.family != "llama":
         raise HFLayoutError(f"per-layer widths are supported for llama-like models only, not "
                             f"{plan.family}; use uniform=True")
-    with torch.device("meta"):
-        shell = type(model)(copy.deepcopy(model.config))
+    shell = _meta_shell(type(model), copy.deepcopy(model.config))
     return finish(swap_in(shell, sd), model)
 
 

@@ -54,9 +54,25 @@ def _unit_sq_norms(t: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
     rows, without copying the tensor into that layout), accumulated in float32."""
     part = t.detach().narrow(slot.dim, slot.offset, size * slot.block)
     others = [d for d in range(t.dim()) if d != slot.dim]
-    sq = (torch.linalg.vector_norm(part, dim=others, dtype=torch.float32).square() if others
-          else part.float().square())
+    if not others:
+        sq = part.float().square()
+    elif slot.dim == 0:  # reduce the inner dims: vector_norm's fast path
+        sq = torch.linalg.vector_norm(part, dim=others, dtype=torch.float32).square()
+    else:  # the reduction crosses dim 0 (down_proj / o_proj columns), where vector_norm is
+        sq = _outer_sq_sum(part, others)  # ~4x slower on CPU than a plain sum of squares
     return sq.reshape(size, slot.block).sum(1)
+
+
+def _outer_sq_sum(part: torch.Tensor, dims: list[int], chunk_bytes: int = 2 << 20) -> torch.Tensor:
+    """``(part ** 2).sum(dims)`` in float32, ``dims`` including 0, over row blocks of about
+    ``chunk_bytes``: an embedding-sized temporary would cost more in fresh pages than the sum."""
+    rows = max(1, chunk_bytes // max(1, part[0].numel() * 4))
+    acc = None
+    for c in part.split(rows, dim=0):
+        f = c.float()
+        s = (f * f).sum(dims)
+        acc = s if acc is None else acc.add_(s)
+    return acc
 
 
 def _l2(params: dict[str, torch.Tensor], sets: list[UnitSet]) -> dict[tuple, torch.Tensor]:

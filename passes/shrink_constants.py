@@ -148,7 +148,11 @@ def fix_getitem(fx_: _Fixup, n: fx.Node) -> None:
             new.append(i)
             d += ndim - n_real
             continue
-        if isinstance(i, slice) and (i.start is not None or i.stop is not None) and (f"n:{x.name}", d) in fx_.keep:
+        dynamic = isinstance(i, slice) and any(isinstance(b, fx.Node)
+                                               for b in (i.start, i.stop, i.step))
+        # bounds computed at run time (the analysis lets only whole-dim ones through) stay
+        if isinstance(i, slice) and not dynamic and (i.start is not None or i.stop is not None) \
+                and (f"n:{x.name}", d) in fx_.keep:
             start, stop, step = i.indices(x.meta["tensor_meta"].shape[d])
             if step == 1:
                 s2 = start - fx_.removed_before(x, d, start)

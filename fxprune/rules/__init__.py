@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from . import aten_attention as AA
 from . import attention as A
+from . import copies as C
 from . import elementwise as E
 from . import functional as FN
 from . import layers as L
@@ -122,6 +123,8 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     torch.mean: _p(E.reduction, inert_zero=False), torch.amax: _p(E.reduction, inert_zero=False),
     torch.sum: _p(E.reduction, inert_zero=True),
     torch.norm: _p(E.vector_norm, order_name="p"), torch.linalg.vector_norm: E.vector_norm,
+    torch.var: _p(E.reduction, inert_zero=False), torch.std: _p(E.reduction, inert_zero=False),
+    torch.tile: C.repeat, F.rms_norm: FN.rms_norm,
     F.normalize: E.normalize, torch.addcmul: E.elementwise, torch.addcdiv: E.elementwise,
     F.adaptive_avg_pool1d: E.channel_first_spatial, F.adaptive_avg_pool2d: E.channel_first_spatial,
     F.adaptive_avg_pool3d: E.channel_first_spatial, F.adaptive_max_pool2d: E.channel_first_spatial,
@@ -161,6 +164,8 @@ METHOD_RULES: dict[str, Rule] = {
     "reshape_as": S.reshape_as, "view_as": S.reshape_as,
     "mean": _p(E.reduction, inert_zero=False), "amax": _p(E.reduction, inert_zero=False),
     "sum": _p(E.reduction, inert_zero=True), "norm": _p(E.vector_norm, order_name="p"),
+    "var": _p(E.reduction, inert_zero=False), "std": _p(E.reduction, inert_zero=False),
+    "repeat": C.repeat, "tile": C.repeat, "unfold": C.unfold,
     **{m: E.elementwise for m in ("addcmul", "addcdiv", "addcmul_", "addcdiv_")},
     "softmax": E.softmax_like, "log_softmax": E.softmax_like,
     "matmul": A.matmul, "bmm": A.matmul, "roll": S.roll,

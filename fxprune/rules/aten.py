@@ -19,7 +19,9 @@ import functools
 import torch
 
 from . import attention as A
+from . import copies as C
 from . import elementwise as E
+from . import functional as FN
 from . import layers as L
 from . import shape as S
 from .base import Rule, RuleContext, norm_dim
@@ -347,6 +349,7 @@ ATEN_RULES: dict = {
               "native_batch_norm": _first(per_channel),
               "_native_batch_norm_legit_functional": _bn_functional,
               "layer_norm": layer_norm, "native_layer_norm": _first(layer_norm),
+              "rms_norm": FN.rms_norm, "_fused_rms_norm": _first(FN.rms_norm),
               "group_norm": group_norm, "native_group_norm": native_group_norm}),
     # elementwise
     **_table({n: E.elementwise for n in _ELEMENTWISE + _LIKE}),
@@ -355,6 +358,7 @@ ATEN_RULES: dict = {
     **_table({n: S.identity for n in _IDENTITY}),
     **_table({n: S.reshape for n in _RESHAPE}),
     **_table({"permute": permute, "transpose": transpose, "expand": S.expand,
+              "repeat": C.repeat, "tile": C.repeat, "unfold": C.unfold,
               "expand_as": S.expand_as, "reshape_as": S.reshape_as, "view_as": S.reshape_as,
               "cat": S.cat, "concat": S.cat, "stack": S.stack, "split": S.split,
               "split_with_sizes": S.split, "chunk": S.split, "unsafe_split": unsafe_split,
@@ -369,6 +373,8 @@ ATEN_RULES: dict = {
               "amax": functools.partial(E.reduction, inert_zero=False),
               "sum": functools.partial(E.reduction, inert_zero=True),
               "linalg_vector_norm": E.vector_norm,
+              "var": functools.partial(E.reduction, inert_zero=False),
+              "std": functools.partial(E.reduction, inert_zero=False),
               "norm": functools.partial(E.vector_norm, order_name="p"),
               "softmax": E.softmax_like, "_softmax": E.softmax_like,
               "log_softmax": E.softmax_like, "_log_softmax": E.softmax_like}),

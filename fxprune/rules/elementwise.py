@@ -58,13 +58,14 @@ def _reduced_dims(ctx: RuleContext, ndim: int, dim_pos: int = 1) -> list[int]:
 
 
 def reduction(ctx: RuleContext, inert_zero: bool, dim_pos: int = 1) -> None:
-    """mean/amax (inert_zero=False: reduced dims frozen) or sum (True: reduced dims are sinks);
-    ``dim`` at ``dim_pos``, ``keepdim`` right after it."""
+    """mean/amax/var (inert_zero=False: reduced dims frozen) or sum (True: reduced dims are
+    sinks); ``dim`` at ``dim_pos``. keepdim is read off the shapes, not the arguments
+    (``var(x, dim, unbiased, keepdim)`` puts another flag where ``mean`` has keepdim)."""
     x, out = ctx.arg(0), ctx.out()
     if x is None or out is None:
         return
     reduced = _reduced_dims(ctx, x.ndim, dim_pos)
-    keepdim = bool(ctx.value(dim_pos + 1, "keepdim", False))
+    keepdim = out.ndim == x.ndim
     o = 0
     for k in range(x.ndim):
         if k in reduced:

@@ -63,3 +63,9 @@ def group_norm(ctx: RuleContext) -> None:
 def embedding(ctx: RuleContext) -> None:
     """F.embedding(input, weight, padding_idx, ...)."""
     L.embedding(ctx, ctx.arg(1, "weight"))
+
+
+def rms_norm(ctx: RuleContext) -> None:
+    """F.rms_norm(input, normalized_shape, weight, eps): as LayerNorm without a bias
+    (prunable, marked mixing: a dead channel changes the mean square)."""
+    L.layer_norm(ctx, len(ctx.value(1, "normalized_shape")), ctx.arg(2, "weight"))

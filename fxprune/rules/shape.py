@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .base import RuleContext, norm_dim
+from .base import RuleContext, concrete, norm_dim
 
 __all__ = [
     "identity", "reshape", "permute", "transpose", "cat", "stack", "split",
@@ -323,17 +323,22 @@ def getitem(ctx: RuleContext) -> None:
     idx = idx if isinstance(idx, tuple) else (idx,)
     if _gather(ctx, x, y, idx):
         return
+    dynamic = [isinstance(i, slice) and any(isinstance(b, fx.Node) for b in
+                                            (i.start, i.stop, i.step)) for i in idx]
+    idx = tuple(_concrete_index(i) for i in idx)  # sizes read from shapes: their values
     if any(isinstance(i, (fx.Node, list)) for i in idx):
         ctx.freeze_all(x, "advanced indexing", "barrier")
         ctx.freeze_all(y, "advanced indexing", "barrier")
         return
     n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
     expanded: list = []
-    for i in idx:
-        expanded.extend([slice(None)] * (x.ndim - n_real) if i is Ellipsis else [i])
-    expanded.extend([slice(None)] * (x.ndim - sum(1 for i in expanded if i is not None)))
+    for i, dyn in zip(idx, dynamic):
+        expanded.extend([(slice(None), False)] * (x.ndim - n_real) if i is Ellipsis
+                        else [(i, dyn)])
+    expanded.extend([(slice(None), False)]
+                    * (x.ndim - sum(1 for i, _ in expanded if i is not None)))
     xd = yd = 0
-    for i in expanded:
+    for i, dyn in expanded:
         if i is None:
             ctx.freeze(y, yd, "new axis", "structural")
             yd += 1
@@ -342,13 +347,28 @@ def getitem(ctx: RuleContext) -> None:
             xd += 1
         else:
             start, stop, step = i.indices(x.shape[xd])
-            if step == 1:
+            if dyn and (start, stop, step) != (0, x.shape[xd], 1):
+                # bounds computed at run time: shrink cannot rewrite them to the kept units
+                ctx.freeze(x, xd, "slice bounds computed at run time")
+                ctx.freeze(y, yd, "slice bounds computed at run time")
+            elif step == 1:
                 n = y.shape[yd]
                 ctx.shift(x, xd, start, y, yd, 0, n)
             else:
                 ctx.freeze(x, xd, "strided slice")
                 ctx.freeze(y, yd, "strided slice")
             xd, yd = xd + 1, yd + 1
+
+
+def _concrete_index(i):
+    """An index item with the scalars it reads off shapes replaced by their values; an
+    item that stays a node (a tensor index) is returned as it is."""
+    if isinstance(i, slice):
+        return slice(*(concrete(b) for b in (i.start, i.stop, i.step)))
+    if isinstance(i, fx.Node):
+        v = concrete(i)
+        return v if isinstance(v, int) and not isinstance(v, bool) else i
+    return i
 
 
 def _integer_tensor(v) -> bool:

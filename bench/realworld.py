@@ -270,8 +270,11 @@ def run_all(names: list[str], args: argparse.Namespace, data: dict[str, Any]) ->
             futures = [pool.submit(run_one, n, args, Path(td)) for n in names]
             for i, fut in enumerate(as_completed(futures), 1):
                 rec = fut.result()
+                old = data["models"].get(rec["model"], {"model": rec["model"]})
                 if args.tp_only:  # add Torch-Pruning's columns to fxprune's record
-                    rec = merge_tp(data["models"].get(rec["model"], {"model": rec["model"]}), rec)
+                    rec = merge_tp(old, rec)
+                elif args.skip_tp:  # keep the columns an earlier --tp-only run added
+                    rec = merge_tp(rec, old)
                 data["models"][rec["model"]] = rec
                 save(args.out, data)
                 print(f"[{i}/{len(names)}] {rec['model']} ({rec['wall_s']:.0f}s): {verdict(rec)}"
@@ -292,7 +295,8 @@ def merge_tp(rec: dict[str, Any], tp_rec: dict[str, Any]) -> dict[str, Any]:
     rec = {k: v for k, v in rec.items() if k not in TP_KEYS}
     rec.update({k: tp_rec[k] for k in TP_KEYS if k in tp_rec})
     errors = {k: v for k, v in rec.get("errors", {}).items() if k != "tp"}
-    tp_err = tp_rec.get("errors", {}).get("tp") or tp_rec.get("errors", {}).get("build")
+    tp_errors = tp_rec.get("errors", {})
+    tp_err = tp_errors.get("tp") or (tp_errors.get("build") if tp_rec.get("tp_only") else None)
     if tp_err and "tp_params_ratio" not in tp_rec:
         errors["tp"] = tp_err
     rec["errors"] = errors

@@ -260,6 +260,7 @@ def measure(name: str, out: Path, skip_tp: bool = False, frontend: str | None = 
                     "input": [list(t.shape) for t in tree_flatten(b.inputs)[0]]}
         return run
 
+    r.rec["tp_only"] = tp_only
     if not r.stage("build", setup(e.build)):
         return _done(r)
     if tp_only:  # Torch-Pruning's columns alone (realworld.py --tp-only merges them)

@@ -91,3 +91,28 @@ def test_rms_norm_over_channels_is_prunable_and_mixing(frontend) -> None:
     cg = fxprune.analyze(Tokens().eval(), torch.randn(2, 5, 6), frontend=frontend, warn=False)
     (g,) = [g for g in cg.groups if ("p:fc1.weight", 0) in _keys(g)]
     assert g.mixing and ("p:weight", 0) in _keys(g)
+
+
+class Warp(nn.Module):
+    """conv (8) -> grid_sample at a fixed grid (RAFT's correlation lookup, spatial
+    transformers): each channel is sampled on its own, so c1's channels stay exact."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.register_buffer("grid", torch.rand(2, 5, 6, 2) * 2 - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.grid_sample(torch.relu(self.c1(x)), self.grid, align_corners=False)
+        return self.c2(h)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_grid_sample_keeps_channels_exact(frontend) -> None:
+    torch.manual_seed(0)
+    model = Warp().eval()
+    cg = fxprune.analyze(model, X, frontend=frontend, warn=False)
+    assert not [f for f in cg.frozen if f.barrier]
+    (g,) = [g for g in cg.groups if ("p:c1.weight", 0) in _keys(g)]
+    res = fxprune.dead_channel_plan(model, X, fraction=0.5, seed=0, frontend=frontend)
+    assert res.plan.removed.get(g.id) and fxprune.verify(model, res, X) <= RTOL

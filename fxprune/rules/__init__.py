@@ -130,6 +130,7 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     F.adaptive_avg_pool3d: E.channel_first_spatial, F.adaptive_max_pool2d: E.channel_first_spatial,
     F.avg_pool2d: E.channel_first_spatial, F.max_pool2d: E.channel_first_spatial,
     F.interpolate: E.channel_first_spatial, F.upsample: E.channel_first_spatial,
+    F.grid_sample: E.channel_first_spatial,  # samples each channel at the grid's points
     # functional layers: parameters are get_attr nodes (or computed from them)
     F.conv1d: FN.conv, F.conv2d: FN.conv, F.conv3d: FN.conv,
     F.conv_transpose1d: FN.conv_transpose, F.conv_transpose2d: FN.conv_transpose,

@@ -392,7 +392,9 @@ ATEN_RULES: dict = {
               "upsample_nearest3d": pooling(3), "upsample_bilinear2d": pooling(2),
               "upsample_bicubic2d": pooling(2), "upsample_linear1d": pooling(1),
               "upsample_trilinear3d": pooling(3), "_upsample_nearest_exact2d": pooling(2),
-              "_upsample_bilinear2d_aa": pooling(2)}),
+              "_upsample_bilinear2d_aa": pooling(2),
+              "grid_sampler": pooling(2), "grid_sampler_2d": pooling(2),
+              "grid_sampler_3d": pooling(3)}),
     # attention
     **_table({"scaled_dot_product_attention": A.sdpa,
               "einsum": A.einsum}),  # einsum(equation, [operands]): letters shared are one dim

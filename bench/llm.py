@@ -20,7 +20,10 @@ L2 magnitude:
 - ``fxprune``: ``fxprune.hf.prune(ratio={"heads": .5, "mlp": .5})`` (KV groups + MLP).
 - ``fxprune+hidden``: the same plus ``hidden: .5``, the work Torch-Pruning's example does.
 - ``fxprune-mlp`` / ``tp-mlp``: MLP channels only; ``tp-mlp`` is Torch-Pruning's
-  DependencyGraph + ``GroupMagnitudeImportance(p=2)`` on each layer's gate_proj group.
+  DependencyGraph + ``GroupMagnitudeImportance(p=2)`` on each layer's gate_proj group
+  (GPT-2: c_fc, BERT: intermediate.dense). GPT-2 and BERT run the MLP tools only (plain
+  ``fxprune`` prunes just the MLP there: their configs cannot express pruned heads or
+  hidden). TP has no pruner for GPT-2's ``Conv1D``; see ``_tp_mlp_prune`` for its error.
 - ``*-inplace``: the same fxprune run with ``inplace=True`` (the input model is consumed,
   as Torch-Pruning's is), so only one model is in memory at a time.
 - ``tp``: Torch-Pruning's ``examples/LLMs/prune_llm.py`` recipe: ``MetaPruner`` with
@@ -68,7 +71,7 @@ FULL = {
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", _DEC),
     "mistral": ("MistralForCausalLM", "MistralConfig", {**_DEC, "sliding_window": None}),
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_embd=1024, n_layer=24, n_head=16, n_positions=512)),
-    "bert": ("BertForMaskedLM", "BertConfig", dict(hidden_size=1024, num_hidden_layers=24,
+    "bert": ("BertForSequenceClassification", "BertConfig", dict(hidden_size=1024, num_hidden_layers=24,
                                                    num_attention_heads=16, intermediate_size=4096)),
 }
 QUICK = {
@@ -77,7 +80,7 @@ QUICK = {
     "mistral": ("MistralForCausalLM", "MistralConfig", {**_DEC_Q, "sliding_window": None}),
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_embd=256, n_layer=4, n_head=8, n_positions=256,
                                                     vocab_size=8000)),
-    "bert": ("BertForMaskedLM", "BertConfig", dict(hidden_size=256, num_hidden_layers=4, vocab_size=8000,
+    "bert": ("BertForSequenceClassification", "BertConfig", dict(hidden_size=256, num_hidden_layers=4, vocab_size=8000,
                                                    num_attention_heads=8, intermediate_size=1024)),
 }
 LLAMA_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
@@ -151,21 +154,45 @@ def _tp_prune(model, ids):
     return model
 
 
+# where each family's MLP starts: (blocks, first MLP layer, config key of its width)
+_TP_MLP = {
+    "llama": (lambda m: m.model.layers, "mlp.gate_proj", "intermediate_size"),
+    "gpt2": (lambda m: m.transformer.h, "mlp.c_fc", "n_inner"),
+    "bert": (lambda m: m.bert.encoder.layer, "intermediate.dense", "intermediate_size"),
+}
+
+
 def _tp_mlp_prune(model, ids):
-    """Torch-Pruning's low-level API on the MLP groups only: DependencyGraph, the gate_proj
-    group, GroupMagnitudeImportance(p=2)."""
+    """Torch-Pruning's low-level API on the MLP groups only: DependencyGraph, the group of
+    each layer's first MLP projection (gate_proj / intermediate.dense / c_fc),
+    GroupMagnitudeImportance(p=2), half of the channels removed.
+
+    GPT-2's c_fc / c_proj are transformers' ``Conv1D`` (``addmm(bias, x, weight)``, weight
+    stored [in, out]), a module TP 1.6 has no pruner for: it takes their tensors as
+    "unwrapped parameters" (pruned on their last dim) and the ``AddmmBackward`` between
+    them as an element-wise op, so the c_fc group is coupled to the hidden channels and
+    scoring it fails. That failure is recorded as TP's result; a Conv1D pruner and
+    importance of our own (``customized_pruners``) would be a different tool."""
+    import torch
     import torch_pruning as tp
 
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=_tp_inputs(ids),
+    family = model.config.model_type if model.config.model_type in _TP_MLP else "llama"
+    blocks, first, width_key = _TP_MLP[family]
+    inputs = {"input_ids": ids} if family == "bert" else _tp_inputs(ids)  # BERT has no cache
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs,
                                                output_transform=lambda out: out.logits)
     imp = tp.importance.GroupMagnitudeImportance(p=2)
-    for layer in model.model.layers:
-        gate = layer.mlp.gate_proj
-        full = dg.get_pruning_group(gate, tp.prune_linear_out_channels,
-                                    idxs=list(range(gate.out_features)))
-        drop = imp(full).argsort()[: gate.out_features // 2].tolist()
-        dg.get_pruning_group(gate, tp.prune_linear_out_channels, idxs=drop).prune()
-    model.config.intermediate_size = model.model.layers[0].mlp.gate_proj.out_features
+    for layer in blocks(model):
+        root = layer.get_submodule(first)
+        if isinstance(root, torch.nn.Linear):
+            fn, n = tp.prune_linear_out_channels, root.out_features
+        else:  # transformers' Conv1D: TP sees only its parameters
+            root, fn, n = root.weight, tp.prune_parameter_out_channels, root.nf
+        full = dg.get_pruning_group(root, fn, idxs=list(range(n)))
+        drop = imp(full).argsort()[: n // 2].tolist()
+        dg.get_pruning_group(root, fn, idxs=drop).prune()
+    width = blocks(model)[0].get_submodule(first)
+    setattr(model.config, width_key, width.weight.shape[0 if family != "gpt2" else 1])
     return model
 
 
@@ -356,11 +383,11 @@ def main() -> None:
     for _ in range(args.repeat):  # repeats outermost: a burst of load hits every tool alike
         for m in args.models:
             for tool in args.tools:
-                if tool != "fxprune" and m not in TP_MODELS:  # the example's scope: q/k/v_proj
-                    continue
+                if m not in TP_MODELS and (tool == "tp" or "hidden" in tool):
+                    continue  # the LLM example's scope (q/k/v_proj); GPT-2/BERT: MLP only
                 argv = ["--worker", m, tool] + (["--quick"] if args.quick else [])
                 r = {"model": m, "tool": tool,
-                     **_spawn(argv, args.tp_timeout if tool == "tp" else args.timeout)}
+                     **_spawn(argv, args.tp_timeout if tool.startswith("tp") else args.timeout)}
                 print(json.dumps(r), flush=True)
                 runs.setdefault((m, tool), []).append(r)
     rows = [_median_row(v) for v in runs.values()]

@@ -7,6 +7,7 @@ classification) at ratio 0.5 and check the issue-11 targets.
     python bench/realworld.py --family timm --every 4     # every 4th timm family: a sample
     python bench/realworld.py --tp-only --resume          # Torch-Pruning's columns, added
     python bench/realworld.py --report-only               # re-print from the JSON
+    python bench/realworld.py --report-only --tp-from OTHER.json   # TP columns of another run
 
 The list lives in ``bench/realworld_models.py``; each model runs in its own
 subprocess (``bench/realworld_worker.py``) with a timeout. Records are merged
@@ -239,7 +240,9 @@ def report(data: dict[str, Any]) -> str:
     return "\n".join([
         "# fxprune real-world suite (ratio 0.5, heads ignored)", "",
         f"Command: `python bench/realworld.py {' '.join(meta.get('argv', []))}` "
-        f"(fxprune frontend argument: {meta.get('frontend_arg', '?')})", "",
+        f"(fxprune frontend argument: {meta.get('frontend_arg', '?')})"
+        + (f"; Torch-Pruning columns from `{meta['tp_from']}` (a `--tp-only` run)"
+           if meta.get("tp_from") else ""), "",
         "## Targets", "", *targets(recs), "", "## By family", "", *by_family(recs), "",
         "## Failure classes", "", *(failure_classes(recs) or ["- none"]), "",
         "## Failures", "", *(fails or ["- none"]), "", "## Table", "", table(recs), ""])
@@ -326,9 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="skip models already in --out")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--report-only", action="store_true", help="print the report from --out")
+    p.add_argument("--tp-from", type=Path, default=None,
+                   help="add the Torch-Pruning columns of another run's JSON (--tp-only)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(HERE))
     data = json.loads(args.out.read_text()) if args.out.exists() else {"models": {}}
+    if args.tp_from:  # Torch-Pruning measured in a run of its own
+        tp_models = json.loads(args.tp_from.read_text())["models"]
+        data["models"] = {n: merge_tp(r, tp_models[n]) if n in tp_models else r
+                          for n, r in data["models"].items()}
+        data.setdefault("meta", {})["tp_from"] = str(args.tp_from)
     if not args.report_only:
         names = select(args, p)
         if args.resume:

@@ -201,13 +201,13 @@ def targets(recs: list[dict[str, Any]]) -> list[str]:
     tp_ok = count(lambda r: r.get("tp_runs"))
     tp_done = count(lambda r: "tp_params_ratio" in r or "tp" in r.get("errors", {}))
     mark = "meets" if full / n >= SHARE_TARGET else "MISSES"
-    return [f"- **{full}/{len(recs)} ({full / n:.0%}) meet every target** ({mark} the "
+    return [f"- **{full}/{len(recs)} ({full / n:.1%}) meet every target** ({mark} the "
             f"{SHARE_TARGET:.0%} target): prune, ≥{MACS_TARGET:.0%} MACs removed at ratio 0.5, "
             "run, keep their output structure, pass dead-channel equivalence on exact groups",
             f"- prune with ≥{MACS_TARGET:.0%} MACs removed: {prunes}/{len(recs)} "
-            f"({prunes / n:.0%})",
-            f"- run and keep their output structure: {runs}/{len(recs)} ({runs / n:.0%})",
-            f"- pass dead-channel equivalence: {equiv}/{len(recs)} ({equiv / n:.0%}; {vacuous} "
+            f"({prunes / n:.1%})",
+            f"- run and keep their output structure: {runs}/{len(recs)} ({runs / n:.1%})",
+            f"- pass dead-channel equivalence: {equiv}/{len(recs)} ({equiv / n:.1%}; {vacuous} "
             "of them have no exact group, every group mixing channels: nothing to check)",
             f"- Torch-Pruning 1.6 prunes and keeps the output structure: {tp_ok}/{tp_done} run"]
 

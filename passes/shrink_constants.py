@@ -20,6 +20,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from fxprune.channel_graph import ChannelGraph
 from fxprune.errors import ShrinkError
 from fxprune.shapes import MetaInterpreter
+from fxprune.rules.shape import runtime_bounds
 
 from .shrink_modules import new_shape
 
@@ -148,10 +149,9 @@ def fix_getitem(fx_: _Fixup, n: fx.Node) -> None:
             new.append(i)
             d += ndim - n_real
             continue
-        dynamic = isinstance(i, slice) and any(isinstance(b, fx.Node)
-                                               for b in (i.start, i.stop, i.step))
         # bounds computed at run time (the analysis lets only whole-dim ones through) stay
-        if isinstance(i, slice) and not dynamic and (i.start is not None or i.stop is not None) \
+        if isinstance(i, slice) and not runtime_bounds(i) \
+                and (i.start is not None or i.stop is not None) \
                 and (f"n:{x.name}", d) in fx_.keep:
             start, stop, step = i.indices(x.meta["tensor_meta"].shape[d])
             if step == 1:

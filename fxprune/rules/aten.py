@@ -153,12 +153,10 @@ def batch_norm(ctx: RuleContext) -> None:
     input-channel dim this way: prunable, marked mixing, as LayerNorm's)."""
     per_channel(ctx)
     no_stats = getattr(ctx.node.target, "_overloadname", "") == "no_stats"
-    if no_stats or bool(ctx.value(5, "training", False)) or \
-            (len(ctx.node.args) > 3 and ctx.node.args[3] is None):
-        y = ctx.out()
-        for d in range(y.ndim):
-            if d != 1:
-                ctx.space.mark_mixing(y, d)
+    y = ctx.out()
+    if y is not None and (no_stats or bool(ctx.value(5, "training", False))
+                          or (len(ctx.node.args) > 3 and ctx.node.args[3] is None)):
+        L.mark_batch_statistics(ctx, y)
 
 
 def _bn_functional(ctx: RuleContext) -> None:

@@ -7,7 +7,7 @@ import torch
 
 from .base import RuleContext
 
-__all__ = ["conv", "conv_transpose", "linear", "batch_norm", "group_norm", "layer_norm", "prelu", "embedding"]
+__all__ = ["conv", "conv_transpose", "linear", "batch_norm", "mark_batch_statistics", "group_norm", "layer_norm", "prelu", "embedding"]
 
 
 def _freeze_spatial(ctx: RuleContext, ref, first: int) -> None:
@@ -116,9 +116,15 @@ def batch_norm(ctx: RuleContext, tensors=None, batch_stats: bool = False) -> Non
     else:
         _per_channel(ctx, x, y, 1, names=(), tensors=[t for t in tensors if t is not None])
     if batch_stats:
-        for d in range(y.ndim):
-            if d != 1:
-                ctx.space.mark_mixing(y, d)
+        mark_batch_statistics(ctx, y)
+
+
+def mark_batch_statistics(ctx: RuleContext, y) -> None:
+    """Batch statistics normalise every dim but the channel dim together: a dead entry
+    there shifts the mean and variance, so those dims are marked mixing."""
+    for d in range(y.ndim):
+        if d != 1:
+            ctx.space.mark_mixing(y, d)
 
 
 def prelu(ctx: RuleContext) -> None:

@@ -15,7 +15,7 @@ __all__ = [
     "identity", "reshape", "permute", "transpose", "cat", "stack", "split",
     "tensor_split", "copy_into", "unbind", "getitem", "pad", "roll", "expand", "pixel_shuffle",
     "pixel_unshuffle", "channel_shuffle", "reshape_blocks", "reshape_as", "expand_as",
-    "self_only",
+    "self_only", "runtime_bounds",
 ]
 
 
@@ -323,8 +323,7 @@ def getitem(ctx: RuleContext) -> None:
     idx = idx if isinstance(idx, tuple) else (idx,)
     if _gather(ctx, x, y, idx):
         return
-    dynamic = [isinstance(i, slice) and any(isinstance(b, fx.Node) for b in
-                                            (i.start, i.stop, i.step)) for i in idx]
+    dynamic = [runtime_bounds(i) for i in idx]
     idx = tuple(_concrete_index(i) for i in idx)  # sizes read from shapes: their values
     if any(isinstance(i, (fx.Node, list)) for i in idx):
         ctx.freeze_all(x, "advanced indexing", "barrier")
@@ -358,6 +357,12 @@ def getitem(ctx: RuleContext) -> None:
                 ctx.freeze(x, xd, "strided slice")
                 ctx.freeze(y, yd, "strided slice")
             xd, yd = xd + 1, yd + 1
+
+
+def runtime_bounds(i) -> bool:
+    """A slice whose bounds are computed at run time (graph nodes, e.g. ``x.shape[2] - 1``):
+    the analysis links it only when it spans the whole dim, and shrink leaves it alone."""
+    return isinstance(i, slice) and any(isinstance(b, fx.Node) for b in (i.start, i.stop, i.step))
 
 
 def _concrete_index(i):

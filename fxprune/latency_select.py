@@ -264,10 +264,67 @@ def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
 
 
+def _next_budget(points: list[tuple[float, float]], target: float, floor: float) -> float:
+    """The next modelled budget to try. With measurements on both sides of the target:
+    interpolate between the two nearest (kept inside the bracket's middle 80%, so a
+    flat stretch of the step function cannot stall it). With one side only: the secant
+    through the two points nearest the target, or with one point the line through it
+    and the fixed part of the latency the tables do not model (``floor``, as a fraction
+    of the original); clipped to the side not yet ruled out."""
+    below = [p for p in points if p[1] < target]
+    above = [p for p in points if p[1] > target]
+    lo = max(below) if below else None  # the widest budget still under the target
+    hi = min(above) if above else None  # the narrowest budget still over it
+    if lo is not None and hi is not None:
+        t = (target - lo[1]) / max(hi[1] - lo[1], 1e-9)
+        return lo[0] + float(np.clip(t, 0.1, 0.9)) * (hi[0] - lo[0])
+    near = sorted(points, key=lambda p: abs(p[1] - target))
+    second = next((p for p in near[1:] if abs(p[0] - near[0][0]) > 1e-9
+                   and p[1] != near[0][1]), None)
+    (b, f) = near[0]
+    slope = (f - second[1]) / (b - second[0]) if second is not None else 0.0
+    if slope <= 0:  # one point (or noise): the line through it and the fixed part
+        slope = max(f - floor, 1e-6) / max(b, 1e-6)
+    nb = b + (target - f) / slope
+    if hi is not None:  # everything measured is over: go lower, at least by a tenth
+        return float(np.clip(nb, 0.005, 0.9 * hi[0]))
+    return float(np.clip(nb, 1.1 * lo[0], 1.0))
+
+
+def search_budget(measure: Callable[[float], float], target: float, start: float,
+                  floor: float = 0.0, tol: float = 0.03, max_iters: int = 8,
+                  progress: Callable[[str], None] | None = None) -> list[tuple[float, float]]:
+    """(modelled budget, measured fraction) for each budget tried, from ``start`` until a
+    measurement is within ``tol`` of ``target``, the bracket closes, or ``max_iters``.
+    ``measure`` is monotone up to noise and a step function of the budget."""
+    points: list[tuple[float, float]] = []
+    b = start
+    for _ in range(max_iters):
+        f = measure(b)
+        points.append((b, f))
+        if progress:
+            progress(f"modelled budget {b:.3f}: measured {f:.3f} of the original")
+        if abs(f / target - 1) <= tol:
+            break
+        nb = _next_budget(points, target, floor)
+        if any(abs(nb - p[0]) < 1e-4 for p in points):
+            break  # the bracket has closed on one step of the width function
+        b = nb
+    return points
+
+
+def pick_budget(points: list[tuple[float, float]], target: float,
+                tol: float) -> tuple[float, float]:
+    """The measured point to keep: the slowest at most ``tol`` over the target (the target
+    is a ceiling), else the fastest measured."""
+    under = [p for p in points if p[1] <= target * (1 + tol)]
+    return max(under, key=lambda p: p[1]) if under else min(points, key=lambda p: p[1])
+
+
 def latency_budget(cg: ChannelGraph, scores: Mapping[str, np.ndarray], example_inputs: Any,
                    target: float, backend: str = "onnxruntime", batch_size: int = 1,
                    threads: int | None = 1, settings: dict | None = None, tol: float = 0.03,
-                   max_iters: int = 6, repeats: int | None = None,
+                   max_iters: int = 8, repeats: int | None = None,
                    min_seconds: float | None = None,
                    progress: Callable[[str], None] | None = None) -> dict[str, list[int]]:
     """Units to remove so the pruned model's measured latency on ``backend`` is about
@@ -300,23 +357,12 @@ def latency_budget(cg: ChannelGraph, scores: Mapping[str, np.ndarray], example_i
         base = float(np.median(t0))
         rest = max(base - m0, 0.0)
         b = float(np.clip((target * base - rest) / m0, 0.01, 1.0)) if m0 > 0 else target
-        lo, hi, history = 0.0, 1.0, []
-        for _ in range(max_iters):
-            keep = model.widths(b * m0) if b < 1 else full_keep
-            f = measure(keep)
-            history.append((b, f, keep))
-            if progress:
-                progress(f"modelled budget {b:.3f}: measured {f:.3f} of the original")
-            if abs(f / target - 1) <= tol:
-                break
-            if f > target:
-                hi = min(hi, b)
-            else:
-                lo = max(lo, b)
-            nb = b * target / max(f, 1e-6)
-            b = nb if lo < nb < hi else (lo + hi) / 2
-        under = [h for h in history if h[1] <= target * (1 + tol)]
-        b, f, keep = max(under, key=lambda h: h[1]) if under else min(history, key=lambda h: h[1])
+        floor = rest / base if base > 0 else 0.0
+        history = search_budget(lambda b: measure(model.widths(b * m0) if b < 1 else full_keep),
+                                target, b, floor, tol=tol, max_iters=max_iters,
+                                progress=progress)
+        b, f = pick_budget(history, target, tol)
+        keep = model.widths(b * m0) if b < 1 else full_keep
         if f > target * (1 + tol):
             warnings.warn(f"target_latency={target}: the closest pruned model measured "
                           f"{f:.3f} of the original's latency on {backend} (the layer tables "

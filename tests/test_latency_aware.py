@@ -12,7 +12,7 @@ from torch import nn
 import fxprune
 from fxprune import latency_select
 from fxprune.errors import FxPruneError
-from fxprune.latency_select import LatencyTargetError, build_model, removed_for
+from fxprune.latency_select import LatencyTargetError, build_model, removed_for, pick_budget, search_budget
 from fxprune.latency_table import LatencyTable, LayerSpec, detect_alignment
 from fxprune.select import keep_count
 
@@ -216,3 +216,34 @@ def test_absent_gpu_backends_say_why(backend):
     with pytest.raises(LatencyTargetError, match="cannot run here"):
         fxprune.prune(ThreeConvs().eval(), torch.randn(1, 3, 8, 8), target_latency=0.5,
                       backend=backend)
+
+
+def _staircase(floor: float, step: float):
+    """A measured fraction: a fixed part plus the modelled part, in steps of ``step``."""
+    return lambda b: floor + (1 - floor) * np.floor(b / step) * step
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.15, 0.3])
+@pytest.mark.parametrize("target", [0.7, 0.5, 0.35])
+def test_budget_search_lands_within_tolerance_on_a_step_function(floor, target):
+    measure = _staircase(floor, 0.01)
+    start = 0.9 * target  # the tables' guess, off by the fixed part they miss
+    points = search_budget(measure, target, start, floor=0.0, tol=0.03, max_iters=8)
+    b, f = pick_budget(points, target, 0.03)
+    assert abs(f / target - 1) <= 0.03 and f == measure(b)
+    assert len(points) <= 8
+
+
+def test_budget_search_stops_when_the_bracket_is_one_step():
+    measure = _staircase(0.0, 0.2)  # only 0, .2, .4, ...: 0.5 lies between two steps
+    points = search_budget(measure, 0.5, 0.45, tol=0.01, max_iters=20)
+    assert len(points) < 20  # it notices the bracket cannot close further
+    b, f = pick_budget(points, 0.5, 0.01)
+    assert f == pytest.approx(0.4)  # the target is a ceiling: the step under it
+
+
+def test_budget_search_reports_the_floor_when_the_target_is_out_of_reach():
+    measure = lambda b: 0.4 + 0.6 * b  # noqa: E731  nothing gets under 0.4
+    points = search_budget(measure, 0.3, 0.5, tol=0.03, max_iters=8)
+    b, f = pick_budget(points, 0.3, 0.03)
+    assert f == min(p[1] for p in points) and f < 0.45

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Mapping
 
 import networkx as nx
 import numpy as np
+import torch
 import torch.fx as fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
@@ -30,10 +31,11 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def graph_signature(gm: fx.GraphModule) -> tuple[str, ...]:
-    """One line per node: enough to tell two architectures apart."""
+def graph_signature(gm: torch.nn.Module, graph: fx.Graph | None = None) -> tuple[str, ...]:
+    """One line per node of ``graph`` (default ``gm.graph``), whose targets name submodules
+    of ``gm``: enough to tell two architectures apart."""
     lines = []
-    for n in gm.graph.nodes:
+    for n in (gm.graph if graph is None else graph).nodes:
         meta = n.meta.get("tensor_meta")
         shape = list(meta.shape) if isinstance(meta, TensorMetadata) else ""
         target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
@@ -173,7 +175,24 @@ class ChannelGraph:
     @cached_property
     def signature(self) -> tuple[str, ...]:
         """One line per graph node: what a plan is checked against."""
-        return graph_signature(self.gm)
+        return graph_signature(self.traced.root, self.traced.graph)
+
+    @cached_property
+    def _root_tensors(self) -> dict[str, torch.Tensor]:
+        root = self.traced.root
+        return {**dict(root.named_parameters(remove_duplicate=False)),
+                **dict(root.named_buffers(remove_duplicate=False))}
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """The model's parameter or buffer for a tensor key ("p:name" / "b:name"), read
+        from the traced model without building ``gm`` (shrink and the magnitude
+        criteria need nothing else from it)."""
+        name = self.tensor_names[key][0]
+        found = self._root_tensors.get(name)
+        if found is None:  # an attribute that is not registered (a plain tensor attribute)
+            owner, _, attr = name.rpartition(".")
+            found = getattr(self.traced.root.get_submodule(owner) if owner else self.traced.root, attr)
+        return found
 
     def group(self, gid: str) -> Group:
         for g in self.groups:

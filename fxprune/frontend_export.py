@@ -75,8 +75,9 @@ class ExportTraced(Traced):
 
     modes: tuple[tuple[str, bool], ...] = ()
 
-    def module(self) -> fx.GraphModule:
-        gm = fx.GraphModule(self.root, self.graph, self.name)
+    def module(self, root: torch.nn.Module | None = None,
+               graph: fx.Graph | None = None) -> fx.GraphModule:
+        gm = super().module(root, graph)
         specs = {a: getattr(self.root, a) for a in _SPEC_ATTRS if hasattr(self.root, a)}
         for a, v in specs.items():
             setattr(gm, a, v)

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .nn import PrunedMultiheadAttention
+
 __all__ = ["fast_function", "fast_method", "fast_module"]
 
 Fast = Callable[..., Any]
@@ -160,13 +162,15 @@ _MHA_ARGS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_
              "average_attn_weights", "is_causal")
 
 
-def _mha(m: nn.MultiheadAttention, *args, **kwargs):
-    """(output, weights or None): output is the query's shape with E = embed_dim."""
+def _mha(m: nn.Module, *args, **kwargs):
+    """(output, weights or None): output is the query's shape with E = embed_dim (for
+    nn.MultiheadAttention; embed_in -> embed_out for fxprune's PrunedMultiheadAttention)."""
     a = dict(zip(_MHA_ARGS, args)) | kwargs
     q, k = a.get("query"), a.get("key")
-    if not (_is_meta(q) and _is_meta(k)) or q.ndim not in (2, 3) or q.shape[-1] != m.embed_dim:
+    e_in, e_out = getattr(m, "embed_in", None) or m.embed_dim, getattr(m, "embed_out", None) or m.embed_dim
+    if not (_is_meta(q) and _is_meta(k)) or q.ndim not in (2, 3) or q.shape[-1] != e_in:
         return None
-    out = _empty(q.shape, q.dtype)
+    out = _empty(tuple(q.shape[:-1]) + (e_out,), q.dtype)
     if not a.get("need_weights", True):
         return out, None
     batched = q.ndim == 3
@@ -194,7 +198,7 @@ _MODULES: list[tuple[type, Fast]] = [
     (_SAME_MODULES, _module_same),
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _conv),
     (nn.Linear, _linear),
-    (nn.MultiheadAttention, _mha),
+    ((nn.MultiheadAttention, PrunedMultiheadAttention), _mha),
     ((nn.MaxPool1d, nn.AvgPool1d), _pool(1)),
     ((nn.MaxPool2d, nn.AvgPool2d), _pool(2)),
     ((nn.MaxPool3d, nn.AvgPool3d), _pool(3)),

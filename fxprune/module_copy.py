@@ -17,15 +17,15 @@ from __future__ import annotations
 import copy
 import copyreg
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-__all__ = ["deep_copy_module"]
+__all__ = ["deep_copy_module", "copy_named"]
 
-_IMMUTABLE = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device,
-              torch.layout, torch.memory_format, type)
+_IMMUTABLE = frozenset((int, float, bool, complex, str, bytes, type(None), torch.dtype,
+                        torch.device, torch.layout, torch.memory_format, type))
 _TENSOR_DICTS = ("_parameters", "_buffers")
 
 
@@ -41,16 +41,18 @@ def _plain(cls: type) -> bool:
 
 
 def _is_immutable(v: Any) -> bool:
-    if isinstance(v, tuple) and type(v) is tuple:
-        return all(_is_immutable(x) for x in v)
-    return type(v) in _IMMUTABLE
+    t = type(v)
+    return t in _IMMUTABLE or (t is tuple and all(_is_immutable(x) for x in v))
 
 
 def _copy_value(v: Any, memo: dict[int, Any]) -> Any:
-    if _is_immutable(v):
+    t = type(v)
+    if t in _IMMUTABLE:
         return v
-    if type(v) in (dict, OrderedDict) and not v:  # the hook dicts, nearly always empty
-        return type(v)()
+    if (t is dict or t is OrderedDict) and not v:  # the hook dicts, nearly always empty
+        return t()
+    if t is tuple and all(_is_immutable(x) for x in v):
+        return v
     return copy.deepcopy(v, memo)
 
 
@@ -83,3 +85,36 @@ def deep_copy_module(module: nn.Module, memo: dict[int, Any] | None = None) -> n
         if m is not module and _plain(type(m)):
             _copy(m, memo)
     return _copy(module, memo)
+
+
+def copy_named(root: nn.Module, names: Iterable[str], memo: dict[int, Any]) -> nn.Module:
+    """A plain module holding deep copies of the attributes ``names`` (qualified) of
+    ``root`` at the same names, as ``fx.GraphModule(root, graph)`` lays them out:
+    the modules on the way are plain containers, a tensor that is not a Parameter is a
+    buffer. One memo for all, so shared modules and tied tensors stay shared."""
+    holder, made = nn.Module(), set()  # made: ids of the plain containers made here
+    for name in names:
+        *path, field = name.split(".")
+        src, dst = root, holder
+        for atom in path:
+            src = getattr(src, atom)
+            nxt = dst._modules.get(atom)
+            if nxt is None:
+                nxt = nn.Module()
+                made.add(id(nxt))
+                dst.add_module(atom, nxt)
+            dst = nxt
+        there = dst._modules.get(field)
+        if (there is not None and id(there) not in made) or field in dst._parameters \
+                or field in dst._buffers:
+            continue  # already there, inside a module copied whole
+        value = getattr(src, field)
+        if isinstance(value, nn.Module):
+            dst.add_module(field, _copy(value, memo))
+        elif isinstance(value, nn.Parameter):
+            dst.register_parameter(field, copy.deepcopy(value, memo))
+        elif isinstance(value, torch.Tensor):
+            dst.register_buffer(field, copy.deepcopy(value, memo))
+        else:
+            setattr(dst, field, copy.deepcopy(value, memo))
+    return holder

@@ -33,17 +33,20 @@ class PrunedMultiheadAttention(nn.Module):
 
     @classmethod
     def from_pruned(cls, mha: nn.MultiheadAttention, in_w, in_b, out_w, out_b, head_dim: int):
+        """The module holding the given (already pruned) tensors: built on the meta device
+        (no initialisation of weights about to be replaced), then handed the tensors."""
         heads = in_w.shape[0] // (3 * head_dim)
-        new = cls(in_w.shape[1], out_w.shape[0], heads, head_dim, bias=in_b is not None,
-                  dropout=mha.dropout, batch_first=mha.batch_first)
-        with torch.no_grad():
-            new.in_proj_weight.copy_(in_w)
-            if in_b is not None:
-                new.in_proj_bias.copy_(in_b)
-            new.out_proj.weight.copy_(out_w)
-            if out_b is not None:
-                new.out_proj.bias.copy_(out_b)
-        return new.to(in_w.device)
+        with torch.device("meta"):
+            new = cls(in_w.shape[1], out_w.shape[0], heads, head_dim, bias=in_b is not None,
+                      dropout=mha.dropout, batch_first=mha.batch_first)
+
+        def own(t):
+            return nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+        new.in_proj_weight = own(in_w)
+        new.out_proj.weight = own(out_w)
+        if in_b is not None:
+            new.in_proj_bias, new.out_proj.bias = own(in_b), own(out_b)
+        return new
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True,
                 attn_mask=None, average_attn_weights: bool = True, is_causal: bool = False):

@@ -219,8 +219,12 @@ class Traced:
     frontend: str = "fx"
     frontend_reason: str = ""
 
-    def module(self) -> fx.GraphModule:
-        return fx.GraphModule(self.root, self.graph, self.name)
+    def module(self, root: torch.nn.Module | None = None,
+               graph: fx.Graph | None = None) -> fx.GraphModule:
+        """The GraphModule of this trace, or of a rewritten ``graph`` whose targets name
+        attributes of ``root`` (shrink's copies), laid out the same way."""
+        return fx.GraphModule(self.root if root is None else root,
+                              self.graph if graph is None else graph, self.name)
 
 
 def trace(

@@ -14,8 +14,7 @@ __all__ = ["norm_scores", "group_norm_scores", "l1_scores", "l2_scores", "random
 
 
 def _param(cg: ChannelGraph, key: str) -> torch.Tensor:
-    name = cg.tensor_names[key][0]
-    return cg.gm.get_parameter(name).detach()
+    return cg.tensor(key).detach()
 
 
 def _dim_masses(t: torch.Tensor, dims: set[int], p: int) -> dict[int, torch.Tensor]:

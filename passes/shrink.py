@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch.fx as fx
+from torch import nn
 
 from fxprune.channel_graph import ChannelGraph
 from fxprune.errors import PlanMismatchError
 from fxprune.plan import PruningPlan
-from fxprune.rewrite import copy_module, finish, replace_tensor, select
+from fxprune.rewrite import copy_targets, replace_tensor, select
+from fxprune.rules.purity import eliminate_dead_pure_nodes
 
 from .shrink_constants import fix_constants
 from .shrink_export import fix_aten_constants, refresh_meta
@@ -34,6 +36,34 @@ def replaced_tensors(cg: ChannelGraph, keep: dict[tuple[str, int], np.ndarray]) 
     return {n for (key, _d) in keep if key[0] in "pb" for n in cg.tensor_names[key]}
 
 
+class _Draft(nn.Module):
+    """The pruned model while shrink edits it: copies of the submodules and tensors the
+    graph names, and a copy of the graph, compiled into a GraphModule once at the end
+    (each compile generates and compiles the whole forward)."""
+
+    def __init__(self, holder: nn.Module, graph: fx.Graph):
+        super().__init__()
+        self._modules, self._parameters, self._buffers = \
+            holder._modules, holder._parameters, holder._buffers
+        self.graph = graph
+
+
+def _copy_graph(graph: fx.Graph) -> fx.Graph:
+    """A copy of ``graph`` (node metadata copied one level deep, as deepcopy does)."""
+    import copy
+
+    return copy.deepcopy(graph)
+
+
+def _targets(graph: fx.Graph) -> list[str]:
+    return list(dict.fromkeys(n.target for n in graph.nodes if n.op in ("call_module", "get_attr")))
+
+
+def _replaced(cg: ChannelGraph, keep: dict[tuple[str, int], np.ndarray]) -> list:
+    """The parameters and buffers shrink index-selects (their copies would be thrown away)."""
+    return [cg.tensor(key) for key in {key for key, _d in keep if key[0] in "pb"}]
+
+
 def shrink(cg: ChannelGraph, plan: PruningPlan) -> fx.GraphModule:
     """A new, physically smaller GraphModule computing what the plan leaves."""
     plan.check_against(cg.signature, {g.id: g.size for g in cg.groups})
@@ -43,22 +73,24 @@ def shrink(cg: ChannelGraph, plan: PruningPlan) -> fx.GraphModule:
             raise PlanMismatchError(
                 f"the plan removes every entry of dim {d} of {key[2:]!r} (e.g. a whole concat "
                 "branch); keep at least one unit of it")
-    # the copy gets empty placeholders for the tensors replaced below, read from the original
-    gm = copy_module(cg.gm, skip=replaced_tensors(cg, keep))
+    graph = _copy_graph(cg.traced.graph)
+    # copies of what the graph uses, with empty placeholders for the tensors replaced below
+    draft = _Draft(copy_targets(cg.traced.root, _targets(graph), skip=_replaced(cg, keep)),
+                   graph)
     by_tensor: dict[str, dict[int, np.ndarray]] = {}
     for (key, d), idx in keep.items():
         by_tensor.setdefault(key, {})[d] = idx
     for key, dims in by_tensor.items():
         if key[0] in "pb":
-            names = cg.tensor_names[key]
-            old = cg.gm.get_parameter(names[0]) if key[0] == "p" else cg.gm.get_buffer(names[0])
-            replace_tensor(gm, names, select(old, dims))
-    update_modules(gm, cg, keep)
+            replace_tensor(draft, cg.tensor_names[key], select(cg.tensor(key), dims))
+    update_modules(draft, cg, keep)
     exported = cg.frontend == "export"  # --- ATen size literals and metadata (shrink_export.py) ---
     if exported:
-        fix_aten_constants(gm, keep)
-    fix_constants(gm, cg, keep)
-    gm = finish(gm)
+        fix_aten_constants(draft, keep)
+    fix_constants(draft, cg, keep)
+    eliminate_dead_pure_nodes(draft)
+    graph.lint()
+    gm = cg.traced.module(draft, graph)
     if exported:
         refresh_meta(gm)
     return gm

@@ -15,7 +15,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from fxprune.channel_graph import ChannelGraph
 from fxprune.nn import PrunedMultiheadAttention
-from fxprune.rewrite import set_submodule
+from fxprune.rewrite import set_submodule, submodule
 
 __all__ = ["update_modules", "MODULE_UPDATERS", "new_shape"]
 
@@ -105,16 +105,17 @@ MODULE_UPDATERS: dict[type, Callable] = {
 def update_modules(gm: fx.GraphModule, cg: ChannelGraph, keep) -> None:
     sizes = _Sizes(keep)
     touched_nodes = {k[2:].split(".")[0] for k, _ in keep if k[0] == "n"}
-    changed_params = {k[2:] for k, _ in keep if k[0] in "pb"}
+    # every module path that holds a changed parameter or buffer, at any depth
+    changed_owners = {name.rsplit(".", i)[0] for k, _ in keep if k[0] in "pb"
+                      for name in (k[2:],) for i in range(1, name.count(".") + 1)}
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
-        prefix = node.target + "."
         hit = node.name in touched_nodes or any(a.name in touched_nodes for a in node.all_input_nodes)
-        hit = hit or any(p.startswith(prefix) for p in changed_params)
+        hit = hit or node.target in changed_owners
         if not hit:
             continue
-        m, old = gm.get_submodule(node.target), cg.gm.get_submodule(node.target)
+        m, old = submodule(gm, node.target), submodule(cg.traced.root, node.target)
         for cls in type(m).__mro__:
             if cls in MODULE_UPDATERS:
                 new = MODULE_UPDATERS[cls](m, old, node, sizes)

@@ -122,16 +122,16 @@ def test_refit_criteria_are_checked_on_the_rewrite() -> None:
 def test_empty_plan_that_changes_the_model_is_caught(monkeypatch) -> None:
     """Even with nothing removed the rewrite runs (finish, constants): the check still runs."""
     model, x = T.build("residual"), T.example_input("residual")
-    real = SHRINK.finish
+    real = SHRINK.eliminate_dead_pure_nodes
 
-    def lossy(gm):  # a finish that loses an op, as dead-code elimination of an in-place op did
+    def lossy(gm):  # a clean-up that loses an op, as dead-code elimination of an in-place op did
         node = next(n for n in gm.graph.nodes
                     if n.op == "call_function" and "relu" in str(n.target))
         node.replace_all_uses_with(node.args[0])
         gm.graph.erase_node(node)
         return real(gm)
 
-    monkeypatch.setattr(SHRINK, "finish", lossy)
+    monkeypatch.setattr(SHRINK, "eliminate_dead_pure_nodes", lossy)
     with pytest.raises(VerificationError, match="empty plan"):
         fxprune.prune(model, x, ratio=0.0)
 

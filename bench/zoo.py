@@ -31,9 +31,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "zoo_worker.py"
-STAGES = ("build", "analyze", "prune", "count", "run", "equiv", "tp", "timing")
+STAGES = ("build", "analyze", "prune", "count", "run", "equiv", "tp", "timing", "prune_vs_tp")
 SCALING = ("resnet18", "resnet50", "resnet152")
 SPEEDUP_TARGET = 5.0
+PRUNE_TARGET = 3.0  # prune end to end vs TP's build + step (issue 13)
 console = Console()
 _LIVE: set[subprocess.Popen] = set()  # running workers, killed on Ctrl-C
 
@@ -75,6 +76,7 @@ def run_one(name: str, args: argparse.Namespace, tmpdir: Path) -> dict[str, Any]
     cmd = [sys.executable, str(WORKER), name, "--out", str(out), "--repeats", str(args.repeats),
            "--threads", str(args.threads), "--max-mem-gb", str(args.max_mem_gb)]
     cmd += ["--skip-tp"] if args.skip_tp else []
+    cmd += ["--skip-prune-timing"] if args.skip_prune_timing else []
     cmd += ["--size", str(args.size)] if args.size else []
     t0 = time.perf_counter()
     # Own session so a timeout kills the worker and anything it spawned, nothing else.
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="models in parallel")
     p.add_argument("--out", type=Path, default=HERE / "results" / "zoo.json")
     p.add_argument("--skip-tp", action="store_true", help="skip the Torch-Pruning comparison")
+    p.add_argument("--skip-prune-timing", action="store_true",
+                   help="skip timing prune end to end against TP's build + step")
     p.add_argument("--repeats", type=int, default=3, help="timed analyses per model (median)")
     # One thread by default: on a loaded machine a multi-threaded forward (TP's graph
     # build runs one) slows down 10-60x from oversubscription, which skews the ratio.
@@ -200,6 +204,35 @@ def _arrow(rec: dict[str, Any], key: str, scale: float) -> str:
     return f"{a / scale:.2f}→{b / scale:.2f}" if b is not None else f"{a / scale:.2f}→?"
 
 
+def _prune_ratio(rec: dict[str, Any], fx_key: str) -> float | None:
+    """TP's build + step time over fxprune's prune time (``fx_key``: with or without the
+    self-check), for one model."""
+    if "tp_prune_s" in rec and fx_key in rec:
+        return rec["tp_prune_s"] / rec[fx_key]
+    return None
+
+
+def _prune_speedup(recs: list[dict[str, Any]]) -> list[str]:
+    """Median over models of TP's build + step time over fxprune.prune's, per thread count."""
+    out = []
+    for fx_key, what in (("fx_prune_unchecked_s", "check=False, the same work as TP"),
+                         ("fx_prune_s", "with the self-check, the default")):
+        by_threads: dict[Any, list[float]] = {}
+        for r in recs:
+            ratio = _prune_ratio(r, fx_key)
+            if ratio is not None:
+                by_threads.setdefault(r.get("threads"), []).append(ratio)
+        for threads, ratios in sorted(by_threads.items(), key=lambda kv: str(kv[0])):
+            ratios.sort()
+            med = statistics.median(ratios)
+            verdict = "meets" if med >= PRUNE_TARGET else "MISSES"
+            out.append(f"- **prune end to end vs Torch-Pruning build + step ({what}): median "
+                       f"{med:.1f}× faster** ({verdict} the {PRUNE_TARGET:.0f}× target; range "
+                       f"{ratios[0]:.1f}–{ratios[-1]:.1f}× over {len(ratios)} models, "
+                       f"{threads} torch thread(s))")
+    return out
+
+
 def _row(rec: dict[str, Any]) -> str:
     ratio = rec["tp_s"] / rec["analyze_s"] if "tp_s" in rec and "analyze_s" in rec else None
     eq = "–" if "equiv_pass" not in rec else ("pass" if rec["equiv_pass"] else "FAIL")
@@ -209,7 +242,10 @@ def _row(rec: dict[str, Any]) -> str:
              f"{rec.get('frozen', '–')} ({rec.get('barrier_frozen', '–')})",
              str(rec.get("nodes", "–")), _num(rec.get("analyze_s"), ".3f"),
              _num(rec.get("prune_s"), ".2f"), _num(rec.get("tp_s"), ".3f"),
-             _num(ratio, ".1f"), _arrow(rec, "params", 1e6), _arrow(rec, "macs", 1e9),
+             _num(ratio, ".1f"), _num(rec.get("fx_prune_s"), ".3f"),
+             _num(rec.get("fx_prune_unchecked_s"), ".3f"), _num(rec.get("tp_prune_s"), ".3f"),
+             _num(_prune_ratio(rec, "fx_prune_unchecked_s"), ".1f"),
+             _arrow(rec, "params", 1e6), _arrow(rec, "macs", 1e9),
              f"{_num(rec.get('equiv_diff'), '.1e')} {eq}",
              first_error(rec).replace("|", "\\|")[:160]]
     return "| " + " | ".join(cells) + " |"
@@ -217,7 +253,8 @@ def _row(rec: dict[str, Any]) -> str:
 
 def table(recs: list[dict[str, Any]]) -> str:
     head = ["model", "input", "status", "groups (mixing)", "frozen (barrier)", "nodes",
-            "analyze s", "prune s", "TP s", "TP/fx", "params M", "GMACs", "equiv", "error"]
+            "analyze s", "prune s", "TP s", "TP/fx", "prune median s", "check=False s",
+            "TP prune s", "TP/fx prune", "params M", "GMACs", "equiv", "error"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + [_row(r) for r in recs])
 
@@ -269,6 +306,7 @@ def summary(models: dict[str, dict[str, Any]]) -> str:
                      f"equivalence (< 1e-5)**" + (" — all pass" if group and not bad else ""))
         lines += [f"  - {r['model']}: {_equiv_failure(r)}" for r in bad]
     lines += _speedup(recs)
+    lines += _prune_speedup(recs)
     tp_fail = [r for r in recs if "tp" in r.get("errors", {})]
     lines += [f"  - TP failed on {r['model']}: {r['errors']['tp']['error']}" for r in tp_fail]
     lines.append("- **analysis time vs graph size**")

@@ -13,6 +13,7 @@ measured. The model is never mutated by fxprune; Torch-Pruning runs last anyway.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -21,6 +22,7 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -221,8 +223,48 @@ def _timing(model: nn.Module, x: torch.Tensor, clf: nn.Module, repeats: int,
         f"{k}_runs": v for k, v in runs.items() if v}
 
 
+def _tp_prune(model: nn.Module, x: torch.Tensor, clf_name: str) -> float:
+    """Seconds of TP's DependencyGraph build (in MetaPruner's constructor) + step(), on a
+    deep copy (not timed: TP edits the model in place; fxprune never does)."""
+    import torch_pruning as tp
+
+    m = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                  pruning_ratio=0.5, ignored_layers=[m.get_submodule(clf_name)])
+    pruner.step()
+    return time.perf_counter() - t0
+
+
+def _prune_vs_tp(model: nn.Module, x: torch.Tensor, clf: nn.Module, clf_name: str,
+                 repeats: int, tp_ok: bool) -> dict:
+    """The same work end to end: 50% of every group by L1, the classifier kept. Median of
+    fxprune.prune (self-check on, the default), fxprune.prune(check=False) and TP, run
+    alternately after one warm-up each; TP is skipped where its graph build failed."""
+    jobs = {"fx_prune": lambda: fxprune.prune(model, x, ratio=0.5, ignore=[clf]),
+            "fx_prune_unchecked": lambda: fxprune.prune(model, x, ratio=0.5, ignore=[clf],
+                                                        check=False)}
+    runs: dict[str, list[float]] = {k: [] for k in jobs}
+    if tp_ok:
+        runs["tp_prune"] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zero-initialised heads: the oracle warns each run
+        for i in range(repeats + 1):
+            for key in runs:
+                gc.collect()
+                if key == "tp_prune":
+                    t = _tp_prune(model, x, clf_name)
+                else:
+                    t0 = time.perf_counter()
+                    jobs[key]()
+                    t = time.perf_counter() - t0
+                if i:  # the first round warms caches and imports
+                    runs[key].append(t)
+    return {f"{k}_s": statistics.median(v) for k, v in runs.items()}
+
+
 def measure(name: str, out: Path, repeats: int = 3, skip_tp: bool = False,
-            size: int | None = None) -> dict[str, Any]:
+            size: int | None = None, skip_prune_timing: bool = False) -> dict[str, Any]:
     """Run every stage on model ``name``; the record is also kept in ``out``."""
     r = Recorder(out, {"model": name, "kind": "transformer" if name.startswith(
         TRANSFORMER_PREFIXES) else "cnn", "threads": torch.get_num_threads()})
@@ -246,6 +288,8 @@ def measure(name: str, out: Path, repeats: int = 3, skip_tp: bool = False,
     tp_ok = not skip_tp and r.stage("tp", lambda: _tp(m, x))
     if fx_ok or tp_ok:
         r.stage("timing", lambda: _timing(m, x, clf, repeats, fx_ok, tp_ok))
+    if pruned and not skip_prune_timing:
+        r.stage("prune_vs_tp", lambda: _prune_vs_tp(m, x, clf, state["clf_name"], repeats, tp_ok))
     r.rec["stage"] = "done"
     r.save()
     return r.rec
@@ -260,13 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=None, help="override the input side")
     p.add_argument("--max-mem-gb", type=float, default=0, help="address-space limit (0: none)")
     p.add_argument("--skip-tp", action="store_true")
+    p.add_argument("--skip-prune-timing", action="store_true",
+                   help="skip timing prune end to end against TP's build + step")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.max_mem_gb:
         lim = int(a.max_mem_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
-    measure(a.model, a.out, a.repeats, a.skip_tp, a.size)
+    measure(a.model, a.out, a.repeats, a.skip_tp, a.size, a.skip_prune_timing)
     return 0
 
 

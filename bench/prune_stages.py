@@ -7,9 +7,10 @@ Runs prune's pipeline by hand, one stage after another, as ``fxprune.prune(model
 ratio=0.5, criterion="l1")`` and ``passes/shrink.py`` do, with a clock between stages;
 each stage's time is the median over ``--repeats`` runs (fresh ChannelGraph each time,
 so cached properties are paid where prune pays them). Stages: fx trace + shapes, op
-rules, grouping, GraphModule build, scoring, selection, plan (signature), and inside
-shrink: plan check, kept indices, deep copy, index-select, module update, constant
-fixing (meta re-run), finish (dead code, lint, recompile); then the self-check
+rules, grouping, scoring, selection, plan (signature), and inside shrink: plan check,
+kept indices, graph copy, module copy (what the graph uses, minus the tensors
+index-selected next), index-select, module update, constant fixing (meta re-run), dead
+code, compile (the one GraphModule build, with lint); then the self-check
 (the dead-unit oracle ``prune`` runs by default). The last two columns are plain
 ``fxprune.prune`` calls for comparison, as users call it and with ``check=False``.
 Run from the repository root with ``PYTHONPATH=.`` so the worktree's fxprune is imported.
@@ -24,7 +25,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 import torchvision
-from fxprune.passes.shrink import kept_indices, replaced_tensors
+from fxprune.passes.shrink import _copy_graph, _Draft, _replaced, _targets, kept_indices
 from fxprune.passes.shrink_constants import fix_constants
 from fxprune.passes.shrink_modules import update_modules
 from rich.console import Console
@@ -35,15 +36,16 @@ from fxprune.analysis import apply_rules
 from fxprune.channel_graph import ChannelGraph
 from fxprune.criteria import get_criterion
 from fxprune.grouping import find_groups
-from fxprune.rewrite import copy_module, finish, replace_tensor, select
+from fxprune.rewrite import copy_targets, replace_tensor, select
+from fxprune.rules.purity import eliminate_dead_pure_nodes
 from fxprune.select import make_plan, select_by_ratio
 from fxprune.trace import trace_graph
 
 MODELS = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121", "vit_b_16"]
-STAGES = ["trace", "rules", "grouping", "gm build", "scoring", "selection", "plan",
-          "check", "kept idx", "deepcopy", "index-select", "modules", "constants", "finish",
-          "self-check"]
-SHRINK = STAGES[STAGES.index("check"):STAGES.index("finish") + 1]
+STAGES = ["trace", "rules", "grouping", "scoring", "selection", "plan",
+          "check", "kept idx", "graph copy", "module copy", "index-select", "modules",
+          "constants", "dead code", "compile", "self-check"]
+SHRINK = STAGES[STAGES.index("check"):STAGES.index("compile") + 1]
 WHOLE = ["prune()", "prune(check=False)"]
 
 
@@ -61,26 +63,27 @@ def one_run(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
     groups, frozen = find_groups(space, set())
     cg = ChannelGraph(traced, tuple(groups), tuple(frozen), tensor_names=aliases, space=space)
     lap("grouping")
-    _ = cg.gm; lap("gm build")
     out = get_criterion("l1")(cg, model=model, calibration=None)
     scores = getattr(out, "scores", out); lap("scoring")
     removed = select_by_ratio(cg, scores, 0.5); lap("selection")
     plan = make_plan(cg, removed, "l1", {"ratio": 0.5}); lap("plan")
     plan.check_against(cg.signature, {g.id: g.size for g in cg.groups}); lap("check")
     keep = kept_indices(cg, plan); lap("kept idx")
-    gm = copy_module(cg.gm, skip=replaced_tensors(cg, keep)); lap("deepcopy")
+    graph = _copy_graph(cg.traced.graph); lap("graph copy")
+    draft = _Draft(copy_targets(cg.traced.root, _targets(graph), skip=_replaced(cg, keep)), graph)
+    lap("module copy")
     by_tensor: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     for (key, d), idx in keep.items():
         by_tensor[key][d] = idx
     for key, dims in by_tensor.items():
         if key[0] in "pb":
-            names = cg.tensor_names[key]
-            old = cg.gm.get_parameter(names[0]) if key[0] == "p" else cg.gm.get_buffer(names[0])
-            replace_tensor(gm, names, select(old, dims))
+            replace_tensor(draft, cg.tensor_names[key], select(cg.tensor(key), dims))
     lap("index-select")
-    update_modules(gm, cg, keep); lap("modules")
-    fix_constants(gm, cg, keep); lap("constants")
-    finish(gm); lap("finish")
+    update_modules(draft, cg, keep); lap("modules")
+    fix_constants(draft, cg, keep); lap("constants")
+    eliminate_dead_pure_nodes(draft); lap("dead code")
+    graph.lint()
+    gm = cg.traced.module(draft, graph); lap("compile")
     res = fxprune.PruneResult(gm, plan, cg, (x,))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's zero-initialised heads
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     console = Console(width=250)
     t = Table(title=f"fxprune.prune(ratio=0.5, l1) by stage, median ms of {args.repeats} runs, "
-                    f"{args.threads} thread(s); shrink = check..finish", title_justify="left")
+                    f"{args.threads} thread(s); shrink = check..compile", title_justify="left")
     for col in ["model", *STAGES, "shrink", *WHOLE]:
         t.add_column(col, justify="left" if col == "model" else "right")
     for name in args.models:

@@ -20,7 +20,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from fxprune.channel_graph import ChannelGraph
 from fxprune.errors import ShrinkError
 from fxprune.shapes import MetaInterpreter
-from fxprune.rules.shape import runtime_bounds
+from fxprune.rules.slicing import runtime_bounds
 
 from .shrink_modules import new_shape
 

@@ -125,7 +125,7 @@ def test_tensor_split_sections_of_the_last_dim(frontend: str) -> None:
 
 def test_all_three_aten_overloads_have_the_rule() -> None:
     from fxprune.rules.aten import aten_rule
-    from fxprune.rules.shape import tensor_split
+    from fxprune.rules.slicing import tensor_split
 
     aten = torch.ops.aten
     for overload in ("indices", "sections", "tensor_indices_or_sections"):

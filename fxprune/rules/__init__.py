@@ -22,6 +22,7 @@ from . import elementwise as E
 from . import functional as FN
 from . import layers as L
 from . import shape as S
+from . import slicing as SL
 from .base import Rule, RuleContext
 
 __all__ = ["MODULE_RULES", "FUNCTION_RULES", "METHOD_RULES", "NAMED_RULES", "rule_for", "RuleContext",
@@ -105,14 +106,14 @@ _ELEMENTWISE_FUNCS += [operator.itruediv, *_inplace_twins(_ELEMENTWISE_FUNCS)]
 
 FUNCTION_RULES: dict[Callable, Rule] = {
     **{f: E.elementwise for f in _ELEMENTWISE_FUNCS},
-    operator.getitem: S.getitem,
+    operator.getitem: SL.getitem,
     torch.flatten: S.reshape, torch.reshape: S.reshape, torch.squeeze: S.reshape,
     torch.unsqueeze: S.reshape,
     torch.permute: S.permute, torch.transpose: S.permute, torch.swapaxes: S.permute,
     torch.swapdims: S.permute,
-    torch.cat: S.cat, torch.concat: S.cat, torch.stack: S.stack,
-    torch.split: S.split, torch.chunk: S.split, torch.tensor_split: S.tensor_split,
-    torch.unbind: S.unbind,
+    torch.cat: SL.cat, torch.concat: SL.cat, torch.stack: SL.stack,
+    torch.split: SL.split, torch.chunk: SL.split, torch.tensor_split: SL.tensor_split,
+    torch.unbind: SL.unbind,
     torch.roll: S.roll, F.pad: S.pad,
     torch.matmul: A.matmul, operator.matmul: A.matmul, torch.bmm: A.matmul,
     torch.einsum: A.einsum,
@@ -159,8 +160,8 @@ METHOD_RULES: dict[str, Rule] = {
                                "requires_grad_", "cpu", "cuda")},
     **{m: S.reshape for m in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze")},
     "permute": S.permute, "transpose": S.permute, "swapaxes": S.permute, "swapdims": S.permute,
-    "chunk": _p(S.split, dim_pos=2), "split": _p(S.split, dim_pos=2), "unbind": S.unbind,
-    "tensor_split": S.tensor_split, "copy_": S.copy_into,
+    "chunk": _p(SL.split, dim_pos=2), "split": _p(SL.split, dim_pos=2), "unbind": SL.unbind,
+    "tensor_split": SL.tensor_split, "copy_": SL.copy_into,
     "expand": S.expand, "expand_as": S.expand_as,
     "reshape_as": S.reshape_as, "view_as": S.reshape_as,
     "mean": _p(E.reduction, inert_zero=False), "amax": _p(E.reduction, inert_zero=False),

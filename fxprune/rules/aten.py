@@ -24,6 +24,7 @@ from . import elementwise as E
 from . import functional as FN
 from . import layers as L
 from . import shape as S
+from . import slicing as SL
 from .base import Rule, RuleContext, norm_dim
 
 __all__ = ["ATEN_RULES", "aten_rule"]
@@ -277,7 +278,7 @@ def constant_pad_nd(ctx: RuleContext) -> None:
 
 
 def unsafe_split(ctx: RuleContext) -> None:
-    S.split(ctx, dim_pos=2)
+    SL.split(ctx, dim_pos=2)
 
 
 def created(ctx: RuleContext) -> None:
@@ -358,11 +359,11 @@ ATEN_RULES: dict = {
     **_table({"permute": permute, "transpose": transpose, "expand": S.expand,
               "repeat": C.repeat, "tile": C.repeat, "unfold": C.unfold,
               "expand_as": S.expand_as, "reshape_as": S.reshape_as, "view_as": S.reshape_as,
-              "cat": S.cat, "concat": S.cat, "stack": S.stack, "split": S.split,
-              "split_with_sizes": S.split, "chunk": S.split, "unsafe_split": unsafe_split,
+              "cat": SL.cat, "concat": SL.cat, "stack": SL.stack, "split": SL.split,
+              "split_with_sizes": SL.split, "chunk": SL.split, "unsafe_split": unsafe_split,
               # all three overloads: .indices, .sections, .tensor_indices_or_sections
-              "tensor_split": S.tensor_split, "copy_": S.copy_into, "copy": S.copy_into,
-              "unbind": S.unbind, "slice": slice_, "select": select, "index": index,
+              "tensor_split": SL.tensor_split, "copy_": SL.copy_into, "copy": SL.copy_into,
+              "unbind": SL.unbind, "slice": slice_, "select": select, "index": index,
               "constant_pad_nd": constant_pad_nd, "pad": S.pad, "roll": S.roll,
               "pixel_shuffle": S.pixel_shuffle, "pixel_unshuffle": S.pixel_unshuffle,
               "channel_shuffle": S.channel_shuffle}),

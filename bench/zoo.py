@@ -77,6 +77,7 @@ def run_one(name: str, args: argparse.Namespace, tmpdir: Path) -> dict[str, Any]
            "--threads", str(args.threads), "--max-mem-gb", str(args.max_mem_gb)]
     cmd += ["--skip-tp"] if args.skip_tp else []
     cmd += ["--skip-prune-timing"] if args.skip_prune_timing else []
+    cmd += ["--only-prune-timing"] if args.only_prune_timing else []
     cmd += ["--size", str(args.size)] if args.size else []
     t0 = time.perf_counter()
     # Own session so a timeout kills the worker and anything it spawned, nothing else.
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-tp", action="store_true", help="skip the Torch-Pruning comparison")
     p.add_argument("--skip-prune-timing", action="store_true",
                    help="skip timing prune end to end against TP's build + step")
+    p.add_argument("--only-prune-timing", action="store_true",
+                   help="per model: build it and time prune against TP's build + step only")
     p.add_argument("--repeats", type=int, default=3, help="timed analyses per model (median)")
     # One thread by default: on a loaded machine a multi-threaded forward (TP's graph
     # build runs one) slows down 10-60x from oversubscription, which skews the ratio.
@@ -301,6 +304,8 @@ def summary(models: dict[str, dict[str, Any]]) -> str:
     lines += [f"  - {r['model']}: {first_error(r)}" for r in recs if not r.get("ok")]
     for kind, label in (("cnn", "CNNs"), ("transformer", "transformers (exact groups only)")):
         group = [r for r in recs if r.get("kind") == kind]
+        if not any("equiv_pass" in r for r in group):
+            continue  # not measured in this run (--only-prune-timing)
         bad = [r for r in group if not r.get("equiv_pass")]
         lines.append(f"- **{len(group) - len(bad)}/{len(group)} {label} pass dead-channel "
                      f"equivalence (< 1e-5)**" + (" — all pass" if group and not bad else ""))
@@ -308,6 +313,8 @@ def summary(models: dict[str, dict[str, Any]]) -> str:
     lines += _speedup(recs)
     lines += _prune_speedup(recs)
     tp_fail = [r for r in recs if "tp" in r.get("errors", {})]
+    lines += [f"  - TP's prune failed on {r['model']}: {r['tp_prune_error']}" for r in recs
+              if "tp_prune_error" in r]
     lines += [f"  - TP failed on {r['model']}: {r['errors']['tp']['error']}" for r in tp_fail]
     lines.append("- **analysis time vs graph size**")
     lines += ["  " + s for s in _scaling(models)]

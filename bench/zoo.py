@@ -303,8 +303,9 @@ def summary(models: dict[str, dict[str, Any]]) -> str:
     lines = [f"- **{len(ok)}/{len(recs)} models prune and run**"]
     lines += [f"  - {r['model']}: {first_error(r)}" for r in recs if not r.get("ok")]
     for kind, label in (("cnn", "CNNs"), ("transformer", "transformers (exact groups only)")):
-        group = [r for r in recs if r.get("kind") == kind]
-        if not any("equiv_pass" in r for r in group):
+        group = [r for r in recs if r.get("kind") == kind
+                 and ("equiv_pass" in r or "equiv" in r.get("errors", {}))]
+        if not group:
             continue  # not measured in this run (--only-prune-timing)
         bad = [r for r in group if not r.get("equiv_pass")]
         lines.append(f"- **{len(group) - len(bad)}/{len(group)} {label} pass dead-channel "

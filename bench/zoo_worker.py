@@ -288,6 +288,7 @@ def measure(name: str, out: Path, repeats: int = 3, skip_tp: bool = False,
     if only_prune_timing:  # the end-to-end comparison alone (issue 13's column)
         r.stage("prune_vs_tp", lambda: _prune_vs_tp(m, x, clf, state["clf_name"], repeats, True))
         r.rec["ok"] = "fx_prune_s" in r.rec
+        r.rec["only_prune_timing"] = True
         r.rec["stage"] = "done"
         r.save()
         return r.rec

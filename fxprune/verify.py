@@ -67,19 +67,25 @@ def tolerance(model: torch.nn.Module | None = None, example_inputs: Any = ()) ->
 
 def zero_removed(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan) -> torch.nn.Module:
     """A copy of ``model`` with the parameter entries of every removed unit set to zero
-    (the zeroed parameters are built from the originals, not copied twice)."""
+    (the zeroed parameters are built from the originals, not copied twice). Every name
+    the model gives a zeroed tensor is pointed at the zeroed copy: the export frontend
+    keeps one name per tied tensor (GPT-2's ``lm_head.weight`` is ``wte.weight``)."""
     dims_of: dict[str, list[tuple[int, np.ndarray]]] = {}
     for (key, d), mask in cg.removed_masks(plan.removed).items():
         if key[0] == "p":
             dims_of.setdefault(key, []).append((d, np.flatnonzero(mask)))
-    dead = copy_module(model, skip={n for key in dims_of for n in cg.tensor_names[key]})
+    names_of: dict[int, list[str]] = {}
+    for name, t in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(t), []).append(name)
+    aliases = {key: tuple(dict.fromkeys([*cg.tensor_names[key], *names_of.get(
+        id(model.get_parameter(cg.tensor_names[key][0])), ())])) for key in dims_of}
+    dead = copy_module(model, skip={n for names in aliases.values() for n in names})
     with torch.no_grad():
         for key, dims in dims_of.items():
-            names = cg.tensor_names[key]
-            t = model.get_parameter(names[0]).detach().clone()
+            t = model.get_parameter(aliases[key][0]).detach().clone()
             for d, idx in dims:
                 t.index_fill_(d, torch.as_tensor(idx, device=t.device), 0.0)
-            replace_tensor(dead, names, t)
+            replace_tensor(dead, aliases[key], t)
     return dead
 
 

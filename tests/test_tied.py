@@ -90,3 +90,17 @@ def test_ignoring_the_tied_head_freezes_the_shared_dim(cls) -> None:
     ids = {g.id for g in cg.groups}
     assert not any(m.key.endswith("emb.weight") or m.key.endswith("out.weight")
                    for g in cg.groups for m in g.params()), ids
+
+
+@pytest.mark.parametrize("cls", [TiedByModule, OutFirst])
+def test_export_frontend_self_check_zeroes_every_name_of_a_tie(cls) -> None:
+    """torch.export keeps one name per tied tensor; the oracle's zeroed copy of the user's
+    model must replace the tensor under all its names (GPT-2's wte / lm_head), or the
+    copy keeps an empty placeholder under the other name and cannot run."""
+    torch.manual_seed(0)
+    model = cls().eval()
+    tokens = torch.randint(0, 20, (2, 5), generator=torch.Generator().manual_seed(0))
+    res = fxprune.prune(model, tokens, ratio=0.5, frontend="export")
+    assert res.graph.frontend == "export"
+    assert res.oracle_diff is not None and res.oracle_diff <= 1e-5
+    assert fxprune.verify(model, res, tokens) <= 1e-5

@@ -25,7 +25,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 import torchvision
-from fxprune.passes.shrink import _copy_graph, _Draft, _replaced, _targets, kept_indices
+from fxprune.passes.shrink import _copy_graph, _Draft, _targets, kept_indices, replaced_tensors
 from fxprune.passes.shrink_constants import fix_constants
 from fxprune.passes.shrink_modules import update_modules
 from rich.console import Console
@@ -70,7 +70,7 @@ def one_run(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
     plan.check_against(cg.signature, {g.id: g.size for g in cg.groups}); lap("check")
     keep = kept_indices(cg, plan); lap("kept idx")
     graph = _copy_graph(cg.traced.graph); lap("graph copy")
-    draft = _Draft(copy_targets(cg.traced.root, _targets(graph), skip=_replaced(cg, keep)), graph)
+    draft = _Draft(copy_targets(cg.traced.root, _targets(graph), skip=replaced_tensors(cg, keep)), graph)
     lap("module copy")
     by_tensor: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     for (key, d), idx in keep.items():

@@ -220,19 +220,10 @@ def _prune_speedup(recs: list[dict[str, Any]]) -> list[str]:
     out = []
     for fx_key, what in (("fx_prune_unchecked_s", "check=False, the same work as TP"),
                          ("fx_prune_s", "with the self-check, the default")):
-        by_threads: dict[Any, list[float]] = {}
-        for r in recs:
-            ratio = _prune_ratio(r, fx_key)
-            if ratio is not None:
-                by_threads.setdefault(r.get("threads"), []).append(ratio)
-        for threads, ratios in sorted(by_threads.items(), key=lambda kv: str(kv[0])):
-            ratios.sort()
-            med = statistics.median(ratios)
-            verdict = "meets" if med >= PRUNE_TARGET else "MISSES"
-            out.append(f"- **prune end to end vs Torch-Pruning build + step ({what}): median "
-                       f"{med:.1f}× faster** ({verdict} the {PRUNE_TARGET:.0f}× target; range "
-                       f"{ratios[0]:.1f}–{ratios[-1]:.1f}× over {len(ratios)} models, "
-                       f"{threads} torch thread(s))")
+        ratios = [(r.get("threads"), _prune_ratio(r, fx_key)) for r in recs]
+        out += _median_lines([(t, x) for t, x in ratios if x is not None],
+                             f"prune end to end vs Torch-Pruning build + step ({what})",
+                             PRUNE_TARGET)
     return out
 
 
@@ -280,21 +271,28 @@ def _equiv_failure(rec: dict[str, Any]) -> str:
     return f"equiv: {err['error']}" if err else first_error(rec) or "not measured"
 
 
+def _median_lines(ratios: list[tuple[Any, float]], what: str, target: float) -> list[str]:
+    """One line per torch thread count: the median of the per-model ratios (thread count,
+    ratio), against ``target``."""
+    by_threads: dict[Any, list[float]] = {}
+    for threads, ratio in ratios:
+        by_threads.setdefault(threads, []).append(ratio)
+    out = []
+    for threads, values in sorted(by_threads.items(), key=lambda kv: str(kv[0])):
+        values.sort()
+        med = statistics.median(values)
+        verdict = "meets" if med >= target else "MISSES"
+        out.append(f"- **{what}: median {med:.1f}× faster** ({verdict} the {target:.0f}× "
+                   f"target; range {values[0]:.1f}–{values[-1]:.1f}× over {len(values)} "
+                   f"models, {threads} torch thread(s))")
+    return out
+
+
 def _speedup(recs: list[dict[str, Any]]) -> list[str]:
     """Median TP/fxprune time ratio, one line per torch thread count measured."""
-    by_threads: dict[Any, list[float]] = {}
-    for r in recs:
-        if "tp_s" in r and "analyze_s" in r:
-            by_threads.setdefault(r.get("threads"), []).append(r["tp_s"] / r["analyze_s"])
-    out = []
-    for threads, ratios in sorted(by_threads.items(), key=lambda kv: str(kv[0])):
-        ratios.sort()
-        med = statistics.median(ratios)
-        verdict = "meets" if med >= SPEEDUP_TARGET else "MISSES"
-        out.append(f"- **analysis vs Torch-Pruning graph build: median {med:.1f}× faster** "
-                   f"({verdict} the {SPEEDUP_TARGET:.0f}× target; range {ratios[0]:.1f}–"
-                   f"{ratios[-1]:.1f}× over {len(ratios)} models, {threads} torch thread(s))")
-    return out
+    return _median_lines([(r.get("threads"), r["tp_s"] / r["analyze_s"]) for r in recs
+                          if "tp_s" in r and "analyze_s" in r],
+                         "analysis vs Torch-Pruning graph build", SPEEDUP_TARGET)
 
 
 def summary(models: dict[str, dict[str, Any]]) -> str:

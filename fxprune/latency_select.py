@@ -358,11 +358,14 @@ def latency_budget(cg: ChannelGraph, scores: Mapping[str, np.ndarray], example_i
         rest = max(base - m0, 0.0)
         b = float(np.clip((target * base - rest) / m0, 0.01, 1.0)) if m0 > 0 else target
         floor = rest / base if base > 0 else 0.0
-        history = search_budget(lambda b: measure(model.widths(b * m0) if b < 1 else full_keep),
-                                target, b, floor, tol=tol, max_iters=max_iters,
-                                progress=progress)
+
+        def widths_at(budget: float) -> dict[str, int]:
+            return model.widths(budget * m0) if budget < 1 else full_keep
+
+        history = search_budget(lambda budget: measure(widths_at(budget)), target, b, floor,
+                                tol=tol, max_iters=max_iters, progress=progress)
         b, f = pick_budget(history, target, tol)
-        keep = model.widths(b * m0) if b < 1 else full_keep
+        keep = widths_at(b)
         if f > target * (1 + tol):
             warnings.warn(f"target_latency={target}: the closest pruned model measured "
                           f"{f:.3f} of the original's latency on {backend} (the layer tables "

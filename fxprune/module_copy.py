@@ -46,13 +46,11 @@ def _is_immutable(v: Any) -> bool:
 
 
 def _copy_value(v: Any, memo: dict[int, Any]) -> Any:
-    t = type(v)
-    if t in _IMMUTABLE:
+    if _is_immutable(v):
         return v
+    t = type(v)
     if (t is dict or t is OrderedDict) and not v:  # the hook dicts, nearly always empty
         return t()
-    if t is tuple and all(_is_immutable(x) for x in v):
-        return v
     return copy.deepcopy(v, memo)
 
 

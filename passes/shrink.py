@@ -8,6 +8,7 @@ input ChannelGraph and the user's model are never modified.
 """
 from __future__ import annotations
 
+import copy
 
 import numpy as np
 import torch.fx as fx
@@ -31,11 +32,6 @@ def kept_indices(cg: ChannelGraph, plan: PruningPlan) -> dict[tuple[str, int], n
     return {kd: np.flatnonzero(~mask) for kd, mask in cg.removed_masks(plan.removed).items()}
 
 
-def replaced_tensors(cg: ChannelGraph, keep: dict[tuple[str, int], np.ndarray]) -> set[str]:
-    """Qualified names (every alias) of the parameters and buffers shrink index-selects."""
-    return {n for (key, _d) in keep if key[0] in "pb" for n in cg.tensor_names[key]}
-
-
 class _Draft(nn.Module):
     """The pruned model while shrink edits it: copies of the submodules and tensors the
     graph names, and a copy of the graph, compiled into a GraphModule once at the end
@@ -50,8 +46,6 @@ class _Draft(nn.Module):
 
 def _copy_graph(graph: fx.Graph) -> fx.Graph:
     """A copy of ``graph`` (node metadata copied one level deep, as deepcopy does)."""
-    import copy
-
     return copy.deepcopy(graph)
 
 
@@ -59,7 +53,7 @@ def _targets(graph: fx.Graph) -> list[str]:
     return list(dict.fromkeys(n.target for n in graph.nodes if n.op in ("call_module", "get_attr")))
 
 
-def _replaced(cg: ChannelGraph, keep: dict[tuple[str, int], np.ndarray]) -> list:
+def replaced_tensors(cg: ChannelGraph, keep: dict[tuple[str, int], np.ndarray]) -> list:
     """The parameters and buffers shrink index-selects (their copies would be thrown away)."""
     return [cg.tensor(key) for key in {key for key, _d in keep if key[0] in "pb"}]
 
@@ -75,7 +69,7 @@ def shrink(cg: ChannelGraph, plan: PruningPlan) -> fx.GraphModule:
                 "branch); keep at least one unit of it")
     graph = _copy_graph(cg.traced.graph)
     # copies of what the graph uses, with empty placeholders for the tensors replaced below
-    draft = _Draft(copy_targets(cg.traced.root, _targets(graph), skip=_replaced(cg, keep)),
+    draft = _Draft(copy_targets(cg.traced.root, _targets(graph), skip=replaced_tensors(cg, keep)),
                    graph)
     by_tensor: dict[str, dict[int, np.ndarray]] = {}
     for (key, d), idx in keep.items():

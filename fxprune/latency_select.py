@@ -122,12 +122,12 @@ class LatencyModel:
         cost = np.array([self._site_ms(i, w) for i, w in enumerate(cur)])
         neighbours = self._neighbours()
 
-        def step(g: str) -> tuple[float, dict[int, dict[str, int]], dict[int, float], int]:
-            """g's best move among its next LOOKAHEAD allowed counts: (importance lost per
-            ms saved, new site widths, new site ms, step index). Looking past the next
-            count steps over plateaus and noise where one step alone saves nothing."""
-            st, best = self.groups[g], (np.inf, {}, {}, pos[g])
-            for j in range(pos[g] + 1, min(pos[g] + 1 + LOOKAHEAD, len(st.steps))):
+        def moves(g: str, last: int) -> list[tuple[float, dict[int, dict[str, int]],
+                                                   dict[int, float], int, float]]:
+            """g's moves to its allowed counts pos[g]+1 .. last: (importance lost per ms
+            saved, new site widths, new site ms, step index, ms saved)."""
+            st, out = self.groups[g], []
+            for j in range(pos[g] + 1, min(last + 1, len(st.steps))):
                 k2 = st.steps[j]
                 new_w: dict[int, dict[str, int]] = {}
                 for i, axis, w in st.axes:
@@ -135,9 +135,15 @@ class LatencyModel:
                 new = {i: self._site_ms(i, wi) for i, wi in new_w.items()}
                 saved = sum(cost[i] - v for i, v in new.items())
                 loss = st.kept_importance[keep[g]] - st.kept_importance[k2]
-                if saved > 1e-9 and loss / saved < best[0]:
-                    best = (loss / saved, new_w, new, j)
-            return best
+                if saved > 1e-9:
+                    out.append((loss / saved, new_w, new, j, saved))
+            return out
+
+        def step(g: str) -> tuple[float, dict[int, dict[str, int]], dict[int, float], int, float]:
+            """g's best move among its next LOOKAHEAD allowed counts. Looking past the
+            next count steps over plateaus and noise where one step alone saves nothing."""
+            return min(moves(g, pos[g] + LOOKAHEAD), key=lambda m: m[0],
+                       default=(np.inf, {}, {}, pos[g], 0.0))
 
         ratio = {g: step(g)[0] for g in self.groups}
         total = float(cost.sum())
@@ -145,7 +151,10 @@ class LatencyModel:
             g = min(ratio, key=ratio.__getitem__, default=None)
             if g is None or not np.isfinite(ratio[g]):
                 break  # nothing left that saves time
-            _, new_w, new, pos[g] = step(g)
+            _, new_w, new, j, saved = step(g)
+            if total - saved <= budget_ms:  # the last move: go no further than the budget needs
+                _, new_w, new, j, saved = next(m for m in moves(g, j) if total - m[4] <= budget_ms)
+            pos[g] = j
             keep[g] = self.groups[g].steps[pos[g]]
             for i, v in new.items():
                 cur[i], cost[i] = new_w[i], v

@@ -145,6 +145,21 @@ def _true_ms(model, keep):
     return sum(StepTable().ms(s.spec.at(**w)) for s, w in zip(model.sites, model.site_widths(keep)))
 
 
+def test_the_last_greedy_move_stops_where_the_budget_is_met():
+    """A staircase table (a step every 8 widths, a slight slope between) makes the best
+    move look 8 counts ahead; a budget a hair under full needs only one count."""
+    widths = np.arange(1, 65, dtype=np.float64)
+    t = np.ceil(widths / 8) / 8 + 1e-3 * widths / 64
+    spec = LayerSpec("conv", (("in", 8), ("out", 64)), ())
+    group = latency_select._GroupState(64, list(range(64, 0, -1)),
+                                       np.linspace(0, 64, 65), [(0, "out", np.arange(65))])
+    model = latency_select.LatencyModel([latency_select.Site("c", spec)], np.array([t[-1]]),
+                                        [{"out": (widths, t)}], {}, {"g": group})
+    assert model.widths(t[-1] - 1e-5)["g"] == 63  # one count saves enough
+    assert model.widths(t[-1] - 0.1)["g"] == 56   # past the first step of the stairs
+    assert model.widths(t[-1])["g"] == 64
+
+
 def test_selection_keeps_more_importance_than_uniform_ratio():
     cg, scores, model = _setup()
     budget = 0.5 * model.total_full_ms

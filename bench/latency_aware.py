@@ -78,11 +78,12 @@ def run_one(name: str, bs: int, target: float, args) -> dict[str, Any]:
     x = (torch.randn(1, 3, 224, 224),)
     t0 = time.perf_counter()
     res = fxprune.prune(model, x, target_latency=target, backend="onnxruntime",
-                        batch_size=bs, threads=1)
+                        batch_size=bs, threads=1, latency_objective=args.objective)
     prune_s = time.perf_counter() - t0
     achieved, rep = measured_fraction(model, res, x, bs, args)
     c0, c1 = fxprune.count(model, x), fxprune.count(res.module, x)
-    row = {"model": name, "batch": bs, "target": target, "prune_s": prune_s,
+    row = {"model": name, "batch": bs, "target": target, "objective": args.objective,
+           "prune_s": prune_s,
            "load": os.getloadavg()[0], "achieved": achieved,
            "search_achieved": res.plan.settings.get("achieved_latency"),
            "alignment": res.plan.settings.get("alignment"),
@@ -98,7 +99,8 @@ def run_one(name: str, bs: int, target: float, args) -> dict[str, Any]:
 def markdown(rows: list[dict[str, Any]], command: str = "") -> str:
     lines = ["# Latency-aware pruning (`bench/latency_aware.py`)", "",
              f"Produced by `{command}`." if command else "", "",
-             "ONNX Runtime CPU, 1 thread. achieved = pruned / original latency, re-measured "
+             "ONNX Runtime CPU, 1 thread, `latency_objective` "
+             f"{', '.join(sorted({r.get('objective', 'importance') for r in rows}))}. achieved = pruned / original latency, re-measured "
              "interleaved with the original; efficiency = measured / MACs speed-up; the "
              "ratio-based columns are uniform L1 pruning (round_to=1) at the same measured "
              "latency. `load` is the 1-minute load average during the run (the machine was "
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--min-seconds", type=float, default=2.0)
     p.add_argument("--ratio-steps", type=int, default=4, help="measured ratios per baseline")
+    p.add_argument("--objective", default="macs", choices=["macs", "importance"],
+                   help="prune(latency_objective=...): what the width search keeps")
     p.add_argument("--no-baseline", action="store_true", help="skip the ratio-based search")
     p.add_argument("--quick", action="store_true", help="resnet18, mobilenet_v2, batch 1, 0.5")
     p.add_argument("--resume", action="store_true")

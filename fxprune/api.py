@@ -120,6 +120,7 @@ def prune(
     backend: str = "onnxruntime",
     batch_size: int = 1,
     threads: int | None = 1,
+    latency_objective: str = "macs",
     **criterion_kwargs: Any,
 ) -> PruneResult:
     """Score units with ``criterion``, pick the least important, shrink, check.
@@ -142,14 +143,16 @@ def prune(
     pruning large models in a loop); ``result.oracle_diff`` holds what was measured.
     ``frontend``: "fx", "export" or "auto" (recorded in the plan; see frontend_export.py).
     ``target_latency``: keep at most this fraction of the original's latency measured
-    on ``backend`` at ``batch_size`` and ``threads`` (fxprune/latency_select.py).
+    on ``backend`` at ``batch_size`` and ``threads`` (fxprune/latency_select.py);
+    ``latency_objective``: what the width search keeps, "macs" (importance-weighted
+    MACs, default) or "importance" (HALP's: every unit alike, whatever its compute).
     """
     _check_arguments(criterion, criterion_kwargs, ratio, round_to,
                      {"global_ranking": global_ranking, "check": check})
     ignore, leaf_modules = as_items(ignore, "ignore"), as_items(leaf_modules, "leaf_modules")
     if target_latency is not None:  # latency budget: check before the analysis
         from .latency_select import check_latency_args, latency_budget
-        check_latency_args(target_latency, backend, batch_size, threads)
+        check_latency_args(target_latency, backend, batch_size, threads, latency_objective)
     cg = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules,
                  concrete_args=concrete_args, frontend=frontend)
     out = _scores(cg, model, criterion, calibration, criterion_kwargs, example_inputs)
@@ -167,7 +170,8 @@ def prune(
         settings.update(target_macs=target_macs, target_params=target_params)
     elif target_latency is not None:  # measured latency on a backend: latency_select.py
         removed = latency_budget(cg, out.scores, example_inputs, target_latency, backend=backend,
-                                 batch_size=batch_size, threads=threads, settings=settings)
+                                 batch_size=batch_size, threads=threads, settings=settings,
+                                 objective=latency_objective)
     elif global_ranking and not isinstance(ratio, Mapping):
         removed = select_global(cg, out.scores, ratio, round_to)
     else:

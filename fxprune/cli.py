@@ -262,7 +262,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     with err.status(f"pruning and checking {escape(spec)}…"):  # the CLI always checks
         if args.target_latency is not None:  # measured latency on a backend
             res = fxprune.prune(model, x, target_latency=args.target_latency, backend=args.backend,
-                                batch_size=args.batch, threads=args.threads, check=True, **kw)
+                                batch_size=args.batch, threads=args.threads, check=True,
+                                latency_objective=args.latency_objective, **kw)
         elif args.target_macs is None:  # a criterion preset may set its own ratios
             res = fxprune.prune(model, x, ratio=0.5 if args.ratio is None else args.ratio,
                                 check=True, **kw)
@@ -356,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--target-latency", type=_fraction, metavar="F",
                      help="fraction of the original's measured latency on --backend to keep")
     _latency_options(s)
+    s.add_argument("--latency-objective", default="macs", choices=["macs", "importance"],
+                   help="what --target-latency's width search keeps: importance-weighted "
+                        "MACs (default) or importance alone (HALP)")
     s.add_argument("--criterion", default="l1", help="importance criterion (default l1): "
                    "l1, l2, random, l1-filter, slimming, sss, thinet, lasso, taylor")
     s.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",

@@ -160,6 +160,36 @@ def test_the_last_greedy_move_stops_where_the_budget_is_met():
     assert model.widths(t[-1])["g"] == 64
 
 
+class MemoryTable(StepTable):
+    """Conv cost: compute (in x out) plus a memory term in the output width, so the
+    first conv (3 input channels) buys little compute per millisecond."""
+
+    def ms(self, s: LayerSpec) -> float:
+        w = dict(s.axes)
+        if s.kind == "conv":
+            return 1e-3 * w["in"] * w["out"] + 0.05 * w["out"]
+        return 1e-4 * w.get("in", 1) * w.get("out", 1)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.3])
+def test_macs_objective_keeps_compute_and_importance_objective_keeps_importance(fraction):
+    torch.manual_seed(0)
+    cg = fxprune.analyze(ThreeConvs().eval(), torch.randn(1, 3, 16, 16), warn=False)
+    rng = np.random.default_rng(0)
+    scores = {g.id: rng.uniform(0.5, 1.5, g.size) for g in cg.groups}
+    model = build_model(cg, scores, MemoryTable())
+    budget, full_macs = fraction * model.total_full_ms, sum(s.macs for s in model.sites)
+    kept = {}
+    for objective in latency_select.OBJECTIVES:
+        model.objective = objective
+        keep = model.widths(budget)
+        assert model.ms(keep) <= budget
+        macs = sum(model._site_macs(i, w) for i, w in enumerate(model.site_widths(keep)))
+        kept[objective] = (macs / full_macs, _importance(scores, keep))
+    assert kept["macs"][0] > 1.05 * kept["importance"][0]
+    assert kept["importance"][1] > kept["macs"][1]
+
+
 def test_selection_keeps_more_importance_than_uniform_ratio():
     cg, scores, model = _setup()
     budget = 0.5 * model.total_full_ms
@@ -210,6 +240,7 @@ def test_target_latency_end_to_end_on_onnxruntime(cache, monkeypatch):
     (dict(target_latency=-1), "target_latency"),
     (dict(target_latency=0.5, backend="nope"), "backend 'nope'"),
     (dict(target_latency=0.5, batch_size=0), "batch_size"),
+    (dict(target_latency=0.5, latency_objective="flops"), "latency_objective"),
 ])
 def test_bad_latency_arguments_are_named(kw, needle):
     with pytest.raises(LatencyTargetError, match=needle) as e:

@@ -23,9 +23,8 @@
      widths), times their mean importance. The criterion still decides *which* units of
      a group go; across groups, the units that carry compute stay and time is taken
      where it buys the least compute (memory-bound narrow layers, depthwise convs,
-     per-node overhead). At equal measured latency on ORT CPU this keeps 1.2-1.6x the
-     MACs of the importance objective on MobileNetV2/EfficientNet-B0 and measures
-     faster for the same modelled budget (``bench/latency_aware.py --objective``).
+     per-node overhead). ``bench/latency_objective.py`` compares the two at equal
+     modelled budgets (``bench/results/latency_objective.md``).
    - ``"importance"`` (HALP's): the removed units' importance alone, each unit of every
      group worth the same on average, whatever compute it carries.
 
@@ -156,8 +155,8 @@ class LatencyModel:
 
         def moves(g: str, last: int) -> list[tuple[float, dict[int, dict[str, int]],
                                                    dict[int, float], int, float]]:
-            """g's moves to its allowed counts pos[g]+1 .. last: (importance lost per ms
-            saved, new site widths, new site ms, step index, ms saved)."""
+            """g's moves to its allowed counts pos[g]+1 .. last: (loss per ms saved, new
+            site widths, new site ms, step index, ms saved)."""
             st, out = self.groups[g], []
             for j in range(pos[g] + 1, min(last + 1, len(st.steps))):
                 k2 = st.steps[j]

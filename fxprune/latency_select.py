@@ -227,11 +227,22 @@ def _steps(size: int, axes: list[tuple[int, str, np.ndarray]], sites: list[Site]
     return sorted(set(steps), reverse=True)
 
 
-def _efficient(profile: tuple[np.ndarray, np.ndarray], width: int) -> bool:
-    """Whether ``width`` is cheaper (interpolated) than every wider measured width."""
-    ws, t = profile
-    wider = t[ws > width]
-    return wider.size == 0 or float(np.interp(width, ws, t)) < float(wider.min())
+def _efficient_steps(st: _GroupState, profiles: list[dict[str, tuple[np.ndarray, np.ndarray]]],
+                     slack: float = 0.01) -> list[int]:
+    """``st.steps`` without the counts some wider step beats: where the group's layers
+    together (each along its profile, its other widths full) cost more than at a wider
+    count (by ``slack``, for table noise), a narrower width runs a slow path (an
+    unaligned kernel) and is no place to stop. Equal costs stay: a plateau (layers too
+    small to time, below the backend's per-call overhead) is a free step on the way to
+    the next saving. The sum is over the group's layers: one noisy layer among dozens
+    (a residual group's) must not forbid a count the others gain from."""
+    out, best = [], np.inf
+    for k in st.steps:  # widest first
+        cost = sum(float(np.interp(w[k], *profiles[i][axis])) for i, axis, w in st.axes)
+        if k == st.size or cost <= best * (1 + slack):
+            out.append(k)
+        best = min(best, cost)
+    return out
 
 
 def _probe_alignments(sites: list[Site], table: LatencyTable) -> dict[str, int]:
@@ -284,10 +295,8 @@ def build_model(cg: ChannelGraph, scores: Mapping[str, np.ndarray], table: Laten
             ws = ws[ws > 0]
             t = np.array([table.ms(sites[i].spec.at(**{axis: int(v)})) for v in ws])
             profiles[i][axis] = (ws.astype(np.float64), t)
-    for st in groups.values():  # never stop at a width some wider one beats on a layer
-        st.steps = [k for k in st.steps
-                    if k == st.size or all(_efficient(profiles[i][axis], w[k])
-                                           for i, axis, w in st.axes)]
+    for st in groups.values():  # never stop at a count some wider one beats
+        st.steps = _efficient_steps(st, profiles)
     table.save()
     return LatencyModel(sites, full, profiles, align, groups)
 

@@ -190,6 +190,23 @@ def test_macs_objective_keeps_compute_and_importance_objective_keeps_importance(
     assert kept["importance"][1] > kept["macs"][1]
 
 
+def test_layers_too_small_to_time_do_not_freeze_their_group():
+    """A squeeze-excite conv costs less than the backend's per-call overhead: its table
+    is flat. The group it shares with a real conv still gets every count the real conv
+    gains from; a count that costs more than a wider one (a slow path) is dropped."""
+    widths = np.array([4.0, 8, 12, 16])
+    flat = (widths, np.full(4, 1e-6))
+    falling = (widths, np.array([0.1, 0.2, 0.3, 0.4]))
+    slow_at_12 = (widths, np.array([0.1, 0.2, 0.5, 0.4]))
+    ident = np.arange(17)
+    group = latency_select._GroupState(16, [16, 12, 8, 4], np.linspace(0, 16, 17),
+                                       [(0, "out", ident), (1, "in", ident)])
+    assert latency_select._efficient_steps(group, [{"out": flat}, {"in": falling}]) == \
+        [16, 12, 8, 4]
+    assert latency_select._efficient_steps(group, [{"out": flat}, {"in": slow_at_12}]) == \
+        [16, 8, 4]
+
+
 def test_selection_keeps_more_importance_than_uniform_ratio():
     cg, scores, model = _setup()
     budget = 0.5 * model.total_full_ms

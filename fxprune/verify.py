@@ -39,8 +39,8 @@ from .plan import PruningPlan
 from .rewrite import copy_module, replace_tensor
 from .trace import as_tuple
 
-__all__ = ["verify", "check_rewrite", "tolerance", "zero_removed", "zeroed_tensors", "dead_output",
-           "max_relative_diff", "rounding_recheck"]
+__all__ = ["verify", "check_rewrite", "tolerance", "zero_removed", "max_relative_diff",
+           "rounding_recheck"]
 
 FP32_RTOL = 1e-5  # the floor: fp32 rewrites of the zoo stay below it
 EPS_FACTOR = 8  # fp16/bf16: rounding of a few layers' outputs, with a margin of ~10x
@@ -65,11 +65,11 @@ def tolerance(model: torch.nn.Module | None = None, example_inputs: Any = ()) ->
     return max(FP32_RTOL, EPS_FACTOR * torch.finfo(dtype).eps)
 
 
-def zeroed_tensors(model: torch.nn.Module, cg: ChannelGraph,
-                   plan: PruningPlan) -> dict[str, torch.Tensor]:
-    """{parameter name: a copy with the entries of every removed unit set to zero} for
-    every name the model gives a zeroed tensor: the export frontend keeps one name per
-    tied tensor (GPT-2's ``lm_head.weight`` is ``wte.weight``), the model has both."""
+def zero_removed(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan) -> torch.nn.Module:
+    """A copy of ``model`` with the parameter entries of every removed unit set to zero
+    (the zeroed parameters are built from the originals, not copied twice). Every name
+    the model gives a zeroed tensor is pointed at the zeroed copy: the export frontend
+    keeps one name per tied tensor (GPT-2's ``lm_head.weight`` is ``wte.weight``)."""
     dims_of: dict[str, list[tuple[int, np.ndarray]]] = {}
     for (key, d), mask in cg.removed_masks(plan.removed).items():
         if key[0] == "p":
@@ -77,44 +77,16 @@ def zeroed_tensors(model: torch.nn.Module, cg: ChannelGraph,
     names_of: dict[int, list[str]] = {}
     for name, t in model.named_parameters(remove_duplicate=False):
         names_of.setdefault(id(t), []).append(name)
-    out: dict[str, torch.Tensor] = {}
+    aliases = {key: tuple(dict.fromkeys([*cg.tensor_names[key], *names_of.get(
+        id(model.get_parameter(cg.tensor_names[key][0])), ())])) for key in dims_of}
+    dead = copy_module(model, skip={n for names in aliases.values() for n in names})
     with torch.no_grad():
         for key, dims in dims_of.items():
-            original = model.get_parameter(cg.tensor_names[key][0])
-            t = original.detach().clone()
+            t = model.get_parameter(aliases[key][0]).detach().clone()
             for d, idx in dims:
                 t.index_fill_(d, torch.as_tensor(idx, device=t.device), 0.0)
-            for name in dict.fromkeys([*cg.tensor_names[key], *names_of.get(id(original), ())]):
-                out[name] = t
-    return out
-
-
-def zero_removed(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan,
-                 zeroed: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
-    """A copy of ``model`` with the parameter entries of every removed unit set to zero
-    (``zeroed_tensors``; the zeroed parameters are built from the originals, not copied
-    twice), every name of a zeroed tensor pointing at the zeroed copy."""
-    zeroed = zeroed_tensors(model, cg, plan) if zeroed is None else zeroed
-    dead = copy_module(model, skip=zeroed)
-    by_tensor: dict[int, list[str]] = {}
-    for name, t in zeroed.items():
-        by_tensor.setdefault(id(t), []).append(name)
-    for names in by_tensor.values():
-        replace_tensor(dead, tuple(names), zeroed[names[0]])
+            replace_tensor(dead, aliases[key], t)
     return dead
-
-
-def dead_output(model: torch.nn.Module, zeroed: dict[str, torch.Tensor], inputs: tuple) -> Any:
-    """``model``'s eval-mode output with the ``zeroed`` parameters in place of its own,
-    through ``torch.func.functional_call``: no copy of the model (a copy doubles the
-    memory of a large one), and its parameters and training flags are restored after."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            return torch.func.functional_call(model.eval(), zeroed, inputs, strict=False)
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _flat(out: Any) -> list[torch.Tensor]:
@@ -144,14 +116,13 @@ def _oracle_diff(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan,
     submodules get their training flags back afterwards). With ``rtol``, a difference
     above it that :func:`rounding_recheck` explains as rounding is returned as the
     float64 difference, or as 0 when only the noise floor could explain it."""
-    zeroed = zeroed_tensors(model, cg, plan)
-    reference = dead_output(model, zeroed, inputs)
+    dead = zero_removed(model, cg, plan).eval()
     flags = [(m, m.training) for m in pruned.modules()]
     try:
         with torch.no_grad():
+            reference = dead(*inputs)
             diff = max_relative_diff(reference, pruned.eval()(*inputs))
-            if rtol is not None and diff > rtol:  # rare: a copy to run in float64
-                dead = zero_removed(model, cg, plan, zeroed).eval()
+            if rtol is not None and diff > rtol:
                 diff = rounding_recheck(dead, pruned, inputs, reference, diff, rtol)
     finally:
         for m, flag in flags:

@@ -207,6 +207,19 @@ def test_layers_too_small_to_time_do_not_freeze_their_group():
         [16, 8, 4]
 
 
+def test_site_macs_follow_the_widths():
+    conv = LayerSpec("conv", (("in", 16), ("out", 32)), ())
+    mha = LayerSpec("mha", (("in", 64), ("heads", 8), ("out", 64)),
+                    (("head_dim", 8), ("tokens", 10)))
+    sites = [latency_select.Site("c", conv, macs=1000), latency_select.Site("a", mha, macs=900)]
+    model = latency_select.LatencyModel(sites, np.ones(2), [{}, {}], {}, {})
+    assert model._site_macs(0, {}) == 1000
+    assert model._site_macs(0, {"in": 8, "out": 16}) == 250  # bilinear
+    assert model._site_macs(1, {"heads": 4}) == 450          # linear in heads
+    # in-projection (3 x in), attention (2 x tokens), out-projection (out), per head
+    assert model._site_macs(1, {"in": 32}) == pytest.approx(900 * (96 + 20 + 64) / (192 + 20 + 64))
+
+
 def test_selection_keeps_more_importance_than_uniform_ratio():
     cg, scores, model = _setup()
     budget = 0.5 * model.total_full_ms

@@ -15,6 +15,7 @@ left out: this compares the two selections at equal modelled cost.
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         with atomic_path(args.out) as tmp:
             tmp.write_text("# Latency objectives (`bench/latency_objective.py`)\n\nProduced by "
-                           f"`python bench/latency_objective.py {' '.join(argv or [])}`. ONNX "
+                           f"`python bench/latency_objective.py {' '.join(sys.argv[1:] if argv is None else argv)}`. ONNX "
                            "Runtime CPU, 1 thread; measured = pruned / original latency "
                            "(interleaved); efficiency = MACs kept / measured fraction (measured "
                            "over MACs speed-up).\n\n" + "\n".join(lines) + "\n", encoding="utf-8")

@@ -24,7 +24,7 @@
      a group go; across groups, the units that carry compute stay and time is taken
      where it buys the least compute (memory-bound narrow layers, depthwise convs,
      per-node overhead). ``bench/latency_objective.py`` compares the two at equal
-     modelled budgets (``bench/results/latency_objective.md``).
+     modelled budgets (``bench/results/latency_objective/``).
    - ``"importance"`` (HALP's): the removed units' importance alone, each unit of every
      group worth the same on average, whatever compute it carries.
 

@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/latency_aware.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: list[dict[str, Any]] = []
     if args.resume and (args.out / "latency_aware.json").is_file():
-        rows = json.loads((args.out / "latency_aware.json").read_text())["results"]
+        doc = json.loads((args.out / "latency_aware.json").read_text())
+        rows, command = doc["results"], f"{doc['command']}`, then `{command}"
     done = {(r["model"], r["batch"], r["target"]) for r in rows}
     for name in args.models:
         for bs in args.batch:

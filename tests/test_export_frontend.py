@@ -416,3 +416,34 @@ def test_einsum_is_not_a_barrier_at_aten_level() -> None:
     dead = fxprune.dead_channel_plan(model, x, frontend="export")
     assert any(dead.plan.removed.values())
     assert fxprune.verify(model, dead, x) < 1e-5
+
+
+class _CachesIntoItsOwnDict(nn.Module):
+    """Caches a tensor computed from a parameter at the first eval-mode forward, into a
+    dict it owns (timm's TinyViT/LeViT attention-bias caches do this)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+        self.shift = nn.Parameter(torch.randn(8))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            shift = self.shift[:, None, None]
+        else:
+            if "shift" not in self.cache:
+                self.cache["shift"] = self.shift[:, None, None] * 1.0
+            shift = self.cache["shift"]
+        return self.head(self.conv(x) + shift)
+
+
+def test_export_leaves_no_fake_tensor_in_a_cache_the_model_owns() -> None:
+    torch.manual_seed(0)
+    model, x = _CachesIntoItsOwnDict().eval(), torch.randn(1, 3, 12, 12)
+    reference = copy.deepcopy(model)
+    res = fxprune.prune(model, x, ratio=0.5, frontend="export")
+    assert res.plan.num_removed > 0
+    assert not model.cache  # what the fake-tensor forward put there is gone
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))

@@ -73,3 +73,18 @@ def test_levit_attention_bias_tables() -> None:
     model, x = _model("levit_128s"), torch.randn(1, 3, 224, 224)
     _run_and_check(model, x)
     fxprune.analyze(model, x)  # a second trace: the bias cache holds no proxy of the first
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny_vit_5m_224", "levit_128s"])
+def test_self_check_leaves_eval_time_caches_of_the_users_model_alone(name: str) -> None:
+    """These cache tensors computed from their parameters (attention biases) at the first
+    eval-mode forward. The oracle must run a zeroed *copy*: run on the user's model with
+    parameters swapped in, it would leave a cache of the zeroed parameters behind."""
+    model, x = _model(name), torch.randn(1, 3, 224, 224)  # in eval mode, and stays so
+    fxprune.prune(model, x, ratio=0.3)
+    with torch.no_grad():
+        after = model(x)  # no .eval() here: that would clear the cache
+        fresh = _model(name)
+        fresh.load_state_dict(model.state_dict())
+        assert torch.equal(after, fresh.eval()(x))

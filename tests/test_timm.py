@@ -79,8 +79,9 @@ def test_levit_attention_bias_tables() -> None:
 @pytest.mark.parametrize("name", ["tiny_vit_5m_224", "levit_128s"])
 def test_self_check_leaves_eval_time_caches_of_the_users_model_alone(name: str) -> None:
     """These cache tensors computed from their parameters (attention biases) at the first
-    eval-mode forward. The oracle must run a zeroed *copy*: run on the user's model with
-    parameters swapped in, it would leave a cache of the zeroed parameters behind."""
+    eval-mode forward: nothing prune runs on the user's model may leave its own values in
+    that cache (the export frontend's fake-tensor forward left a FakeTensor in TinyViT's,
+    and a self-check run on the user's model would leave zeroed ones)."""
     model, x = _model(name), torch.randn(1, 3, 224, 224)  # in eval mode, and stays so
     fxprune.prune(model, x, ratio=0.3)
     with torch.no_grad():

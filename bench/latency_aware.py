@@ -34,6 +34,7 @@ from rich.console import Console
 import fxprune
 from fxprune.bench import speedup
 from fxprune.io import atomic_path
+from fxprune.latency_select import OBJECTIVES
 
 MODELS = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "vit_b_16"]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--min-seconds", type=float, default=2.0)
     p.add_argument("--ratio-steps", type=int, default=4, help="measured ratios per baseline")
-    p.add_argument("--objective", default="macs", choices=["macs", "importance"],
+    p.add_argument("--objective", default=OBJECTIVES[0], choices=OBJECTIVES,
                    help="prune(latency_objective=...): what the width search keeps")
     p.add_argument("--no-baseline", action="store_true", help="skip the ratio-based search")
     p.add_argument("--quick", action="store_true", help="resnet18, mobilenet_v2, batch 1, 0.5")

@@ -325,6 +325,8 @@ def _latency_options(s: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .latency_select import OBJECTIVES
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks")
@@ -357,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--target-latency", type=_fraction, metavar="F",
                      help="fraction of the original's measured latency on --backend to keep")
     _latency_options(s)
-    s.add_argument("--latency-objective", default="macs", choices=["macs", "importance"],
+    s.add_argument("--latency-objective", default=OBJECTIVES[0], choices=OBJECTIVES,
                    help="what --target-latency's width search keeps: importance-weighted "
                         "MACs (default) or importance alone (HALP)")
     s.add_argument("--criterion", default="l1", help="importance criterion (default l1): "

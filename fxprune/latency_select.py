@@ -158,6 +158,8 @@ class LatencyModel:
             """g's moves to its allowed counts pos[g]+1 .. last: (loss per ms saved, new
             site widths, new site ms, step index, ms saved)."""
             st, out = self.groups[g], []
+            if self.objective == "macs":  # the group's sites' MACs now, once for every j
+                macs_now = {i: self._site_macs(i, cur[i]) for i, _, _ in st.axes}
             for j in range(pos[g] + 1, min(last + 1, len(st.steps))):
                 k2 = st.steps[j]
                 new_w: dict[int, dict[str, int]] = {}
@@ -167,7 +169,7 @@ class LatencyModel:
                 saved = sum(cost[i] - v for i, v in new.items())
                 loss = st.kept_importance[keep[g]] - st.kept_importance[k2]
                 if self.objective == "macs":  # MACs lost, weighted by their importance
-                    loss *= sum(self._site_macs(i, cur[i]) - self._site_macs(i, wi)
+                    loss *= sum(macs_now[i] - self._site_macs(i, wi)
                                 for i, wi in new_w.items()) / (keep[g] - k2)
                 if saved > 1e-9:
                     out.append((loss / saved, new_w, new, j, saved))

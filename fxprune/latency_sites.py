@@ -123,23 +123,57 @@ def _mha_site(lookup, name: str, m: nn.Module, x: tuple[int, ...]):
     return Site(name, spec, axes, macs)
 
 
+_ATEN_CONVS = {torch.ops.aten.conv1d.default: nn.Conv1d, torch.ops.aten.conv2d.default: nn.Conv2d,
+               torch.ops.aten.conv3d.default: nn.Conv3d}
+
+
+def _aten_layer(gm: fx.GraphModule, n: fx.Node) -> tuple[str, nn.Module] | None:
+    """(owner name, a stand-in module with the layer's settings) for an exported graph's
+    ``aten.conv*d``/``aten.linear`` call on a parameter (export frontend: no module calls),
+    so one set of site builders serves both frontends."""
+    if n.op != "call_function" or len(n.args) < 2:
+        return None
+    w = n.args[1]
+    if not (isinstance(w, fx.Node) and w.op == "get_attr" and w.target.endswith(".weight")):
+        return None
+    weight = gm.get_parameter(w.target)
+    bias = n.args[2] if len(n.args) > 2 else n.kwargs.get("bias")
+    kind = _ATEN_CONVS.get(n.target)
+    if kind is not None:
+        settings = dict(zip(("stride", "padding", "dilation", "groups"), n.args[3:]), **n.kwargs)
+        groups = int(settings.get("groups", 1))
+        m = kind(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
+                 stride=settings.get("stride", 1), padding=settings.get("padding", 0),
+                 dilation=settings.get("dilation", 1), groups=groups, bias=bias is not None,
+                 device="meta")
+    elif n.target is torch.ops.aten.linear.default:
+        m = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    else:
+        return None
+    return w.target[: -len(".weight")], m
+
+
 def layer_sites(cg: ChannelGraph) -> list[Site]:
-    """Every timed layer of ``cg``'s graph (module calls of conv/linear/attention)."""
+    """Every timed layer of ``cg``'s graph (module calls of conv/linear/attention, or the
+    exported graph's aten convolutions and linears)."""
     gm, lookup, sites = cg.gm, _members(cg), []
     for n in gm.graph.nodes:
-        if n.op != "call_module":
+        if n.op == "call_module":
+            name, m = n.target, gm.get_submodule(n.target)
+        elif (layer := _aten_layer(gm, n)) is not None:
+            name, m = layer
+        else:
             continue
-        m = gm.get_submodule(n.target)
         x, y = _shape(n.args[0]) if n.args else None, _shape(n)
         if x is None:
             continue
         site = None
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and y:
-            site = _conv_site(lookup, n.target, m, x, y)
+            site = _conv_site(lookup, name, m, x, y)
         elif isinstance(m, nn.Linear) and y:
-            site = _linear_site(lookup, n.target, m, x, y)
+            site = _linear_site(lookup, name, m, x, y)
         elif isinstance(m, (nn.MultiheadAttention, PrunedMultiheadAttention)) and len(x) == 3:
-            site = _mha_site(lookup, n.target, m, x)
+            site = _mha_site(lookup, name, m, x)
         if site is not None:
             sites.append(site)
     return sites

@@ -323,3 +323,20 @@ def test_budget_search_reports_the_floor_when_the_target_is_out_of_reach():
     points = search_budget(measure, 0.3, 0.5, tol=0.03, max_iters=8)
     b, f = pick_budget(points, 0.3, 0.03)
     assert f == min(p[1] for p in points) and f < 0.45
+
+
+def test_export_frontend_graph_has_the_same_timed_layers_as_fx():
+    """The exported graph calls aten.conv2d/aten.linear on parameters, not modules: its
+    timed layers (specs, prunable axes and their groups' sizes) are fx's."""
+    from fxprune.latency_sites import layer_sites
+
+    model, x = ThreeConvs().eval(), torch.randn(1, 3, 16, 16)
+
+    def sites(frontend):
+        cg = fxprune.analyze(model, x, frontend=frontend, warn=False)
+        size = {g.id: g.size for g in cg.groups}
+        return [(s.name, s.spec, s.macs, [(a.name, size[a.group]) for a in s.axes])
+                for s in layer_sites(cg)]
+
+    exported = sites("export")
+    assert len(exported) == 4 and exported == sites("fx")

@@ -32,6 +32,7 @@ class PruneResult:
     example_inputs: Any = field(default=None, repr=False)
     reconstructed: tuple[str, ...] = ()  # parameters a criterion re-fitted after shrink
     oracle_diff: float | None = None  # prune()'s self-check: relative difference (None: unchecked)
+    oracle_inputs: tuple = ()  # the input shapes the self-check compared on (oracle_inputs.py)
 
     def counts(self) -> Counts:
         return count(self.module, self.example_inputs)
@@ -133,14 +134,16 @@ def prune(
     ``criterion_kwargs``: the criterion's own options (``criterion_options(name)``);
     any other keyword raises UnknownArgumentError naming the closest accepted name.
 
-    ``check`` (default True): run the dead-unit oracle on ``example_inputs`` (two
-    forward passes, copies of the model in eval mode) and raise VerificationError
+    ``check`` (default True): run the dead-unit oracle (two forward passes in eval
+    mode, on one sample cropped to at most 32x32 first and on ``example_inputs`` when
+    that proves nothing: fxprune/oracle_inputs.py) and raise VerificationError
     naming the groups whose rewrite is not exact, at the dtype's tolerance
     (``fxprune.verify.tolerance``). Groups marked ``mixing`` (LayerNorm ...) are
     not exact by design: a plan touching them is checked on the sub-plan of its
     exact groups (one extra shrink). Criteria that re-fit weights (ThiNet, LASSO)
     are checked on the rewrite before the re-fit. ``check=False`` skips it (for
-    pruning large models in a loop); ``result.oracle_diff`` holds what was measured.
+    pruning large models in a loop); ``result.oracle_diff`` holds what was measured and
+    ``result.oracle_inputs`` the input shapes it was measured on.
     ``frontend``: "fx", "export" or "auto" (recorded in the plan; see frontend_export.py).
     ``target_latency``: keep at most this fraction of the original's latency measured
     on ``backend`` at ``batch_size`` and ``threads`` (fxprune/latency_select.py);
@@ -179,15 +182,16 @@ def prune(
     plan = make_plan(cg, removed, criterion, settings)
     plan = PruningPlan(**{**plan.__dict__, "removed_blocks": blocks})
     gm = _shrink(cg, plan)
-    diff = _self_check(model, cg, plan, gm, example_inputs) if check else None
+    checked = _self_check(model, cg, plan, gm, example_inputs) if check else None
     updates = out.weight_updates(plan) if callable(out.weight_updates) else out.weight_updates
     if updates:  # after the check: the oracle proves the rewrite, not the re-fit
         _apply_updates(gm, updates)
-    return PruneResult(gm, plan, cg, example_inputs, tuple(sorted(updates or ())), diff)
+    return PruneResult(gm, plan, cg, example_inputs, tuple(sorted(updates or ())),
+                       *(checked or (None, ())))
 
 
 def _self_check(model, cg: ChannelGraph, plan: PruningPlan, gm: fx.GraphModule,
-                example_inputs: Any) -> float | None:
+                example_inputs: Any):
     """verify.check_rewrite against the user's model, or against the block-free graph
     when depth pruning deleted branches (their removal is the criterion's choice)."""
     from .verify import check_rewrite

@@ -187,8 +187,10 @@ def _report_check(res: Any) -> None:
     if res.oracle_diff is None:
         out.print(f"verified: shapes only{note}")
     else:
+        on = " and ".join("x".join(map(str, s)) for s in res.oracle_inputs)
+        where = f" on inputs {on}" if on else ""
         out.print(f"verified: max relative difference {res.oracle_diff:.1e} from the "
-                  f"dead-unit oracle{note}")
+                  f"dead-unit oracle{where}{note}")
 
 
 def _check_options(criterion: str, options: Sequence[tuple[str, object]]) -> None:

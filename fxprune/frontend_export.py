@@ -38,6 +38,7 @@ import torch.fx as fx
 from torch.utils import _pytree as pytree
 
 from .errors import InputMismatchError, TraceError
+from .module_state import restore_attributes, snapshot_attributes
 from .shapes import propagate_shapes
 from .trace import Traced, as_tuple, trace_graph
 
@@ -113,14 +114,14 @@ def export_graph(model: torch.nn.Module, example_inputs: Any, *, reason: str = "
     """Capture ``model`` with torch.export (in eval mode) and normalise the graph."""
     inputs = as_tuple(example_inputs)
     modes = _modes(model)
-    state = _attributes(model)
+    state = snapshot_attributes(model)
     model.eval()
     try:
         ep = _export_fn()(model, inputs, strict=False)
     except Exception as e:
         raise TraceError(_export_error(model, e)) from e
     finally:
-        _restore(state)
+        restore_attributes(state)
         _set_modes(model, modes)
     exported = ep.module()
     _normalise(exported, exported.graph)
@@ -143,40 +144,6 @@ def export_graph(model: torch.nn.Module, example_inputs: Any, *, reason: str = "
                         frontend_reason=reason or "frontend='export' requested", modes=modes)
 
 
-_MODULE_STATE = ("_parameters", "_buffers", "_modules")
-
-
-def _attributes(model: torch.nn.Module) -> list[tuple[torch.nn.Module, dict]]:
-    """Each module's plain attributes, with a shallow copy of each dict and list among them.
-    Non-strict export runs forward on fake tensors, and a forward that caches into ``self``
-    (Ultralytics' Detect: ``self.anchors = ...``) or into a container of its own (timm's
-    TinyViT/LeViT: ``self.attention_bias_cache[device] = ...``) would leave fake tensors in
-    the user's model."""
-    return [(m, {k: (v, _contents(v)) for k, v in vars(m).items() if k not in _MODULE_STATE})
-            for m in model.modules()]
-
-
-def _contents(v: object) -> object:
-    return dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else None
-
-
-def _restore(state: list[tuple[torch.nn.Module, dict]]) -> None:
-    for m, attrs in state:
-        for k in [k for k in vars(m) if k not in _MODULE_STATE and k not in attrs]:
-            delattr(m, k)
-        for k, (v, contents) in attrs.items():
-            if vars(m).get(k, _MISSING) is not v:
-                m.__dict__[k] = v
-            if isinstance(v, dict) and (v.keys() != contents.keys()
-                                        or any(v[i] is not contents[i] for i in contents)):
-                v.clear()
-                v.update(contents)
-            elif isinstance(v, list) and (len(v) != len(contents)
-                                          or any(a is not b for a, b in zip(v, contents))):
-                v[:] = contents
-
-
-_MISSING = object()
 
 
 def _shapes_from_export(graph: fx.Graph) -> bool:

@@ -105,16 +105,20 @@ def _named_tensors(module: torch.nn.Module, names: Iterable[str]) -> list[torch.
                               *module.named_buffers(remove_duplicate=False)] if name in names]
 
 
-def copy_module(module: torch.nn.Module, skip: Iterable[str] = ()) -> torch.nn.Module:
+def copy_module(module: torch.nn.Module, skip: Iterable[str] = (),
+                share: Iterable[torch.Tensor] = ()) -> torch.nn.Module:
     """``copy.deepcopy(module)``, minus the data of the parameters and buffers named in
     ``skip`` (empty placeholders the caller is about to replace: no point copying what
-    shrink index-selects from the original anyway).
+    shrink index-selects from the original anyway). The tensors in ``share`` are not
+    copied at all: the copy holds the same objects (the oracle's read-only weights).
 
     Also copies modules caching computed tensors as plain attributes (timm's TinyViT keeps
     an attention-bias cache of non-leaf tensors, which ``Tensor.__deepcopy__`` refuses):
     those are copied detached. The copy itself is module_copy.py's (deepcopy's result,
     a few times faster)."""
-    return deep_copy_module(module, _copy_memo(module, _named_tensors(module, skip)))
+    memo = _copy_memo(module, _named_tensors(module, skip))
+    memo.update((id(t), t) for t in share)
+    return deep_copy_module(module, memo)
 
 
 def copy_targets(root: torch.nn.Module, targets: Iterable[str],

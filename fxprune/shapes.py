@@ -19,6 +19,7 @@ from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata, _extract_tensor_metadata
 
+from .module_state import restore_attributes, snapshot_attributes
 from .meta_shapes import fast_function, fast_method, fast_module
 
 __all__ = ["propagate_shapes", "MetaInterpreter"]
@@ -126,7 +127,17 @@ class _MetaProp(MetaInterpreter):
 
 def propagate_shapes(gm: torch.nn.Module, inputs: tuple, graph: fx.Graph | None = None) -> None:
     """Annotate every node of ``graph`` (default ``gm.graph``) with its output shape
-    (meta device, real tensors as the fallback)."""
+    (meta device, real tensors as the fallback). The submodules are the user's: whatever
+    their forwards cache in their attributes (meta tensors, or tensors of this input's
+    size) is put back afterwards (module_state.py)."""
+    state = snapshot_attributes(gm)
+    try:
+        _propagate(gm, inputs, graph)
+    finally:
+        restore_attributes(state)
+
+
+def _propagate(gm: torch.nn.Module, inputs: tuple, graph: fx.Graph | None) -> None:
     try:
         with torch.no_grad():
             _MetaProp(gm, graph=graph).run(*inputs)

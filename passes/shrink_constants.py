@@ -19,6 +19,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from fxprune.channel_graph import ChannelGraph
 from fxprune.errors import ShrinkError
+from fxprune.module_state import restore_attributes, snapshot_attributes
 from fxprune.shapes import MetaInterpreter
 from fxprune.rules.slicing import runtime_bounds
 
@@ -239,7 +240,17 @@ def _fixer_for(n: fx.Node):
 
 
 def fix_constants(gm: fx.GraphModule, cg: ChannelGraph, keep) -> None:
-    """Rewrite size constants in ``gm`` (in place) and check every node's new shape."""
+    """Rewrite size constants in ``gm`` (in place) and check every node's new shape.
+    What the run's forwards cache in module attributes (meta tensors, or a random
+    input's) is put back: the pruned module is the user's next."""
+    state = snapshot_attributes(gm)
+    try:
+        _fix_constants(gm, keep)
+    finally:
+        restore_attributes(state)
+
+
+def _fix_constants(gm: fx.GraphModule, keep) -> None:
     metas = []
     for n in gm.graph.nodes:  # tensor inputs; concrete_args placeholders take their defaults
         if n.op != "placeholder" or "tensor_meta" not in n.meta:

@@ -18,6 +18,7 @@ from torch import nn
 
 import fxprune
 from fxprune import VerificationError
+from fxprune.oracle_inputs import reduced_inputs, shapes_of
 from fxprune.verify import tolerance
 
 SHRINK = importlib.import_module("fxprune.passes.shrink")  # the module, not the function
@@ -59,10 +60,120 @@ def test_check_false_skips_the_oracle(monkeypatch) -> None:
     assert fxprune.verify(model, res, x) > 1e-2  # the rewrite really is wrong
 
 
-def test_correct_prune_records_its_difference() -> None:
+def test_correct_prune_records_its_difference_and_inputs() -> None:
     model, x = T.build("residual"), T.example_input("residual")
     res = _run_and_check(model, x, ratio=0.5)
-    assert res.oracle_diff == pytest.approx(fxprune.verify(model, res, x), abs=1e-9)
+    (small,) = reduced_inputs((x,))  # 8x8 images: one sample, no crop
+    assert res.oracle_inputs == shapes_of(small) == ((1, *x.shape[1:]),)
+    assert res.oracle_diff == pytest.approx(fxprune.verify(model, res, small), abs=1e-9)
+
+
+# ---- the reduced input the check tries first (oracle_inputs.py) ----------------------
+
+class SizeGated(nn.Module):
+    """A conv net whose output is zero below 48 pixels (``* (width >= 48)``, traced as an
+    op): on the 32x32 crop the comparison proves nothing, so the check must use the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x))) * (x.shape[-1] >= 48)
+
+
+class FixedFlatten(nn.Module):
+    """conv (stride 4) -> flatten -> linear on a 40x40 input: runs at that size only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 4, stride=4), nn.Linear(8 * 10 * 10, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
+class GridCache(nn.Module):
+    """Caches a coordinate grid of the first input's size in ``self.grid`` and reuses it
+    whatever size comes next (a cache not keyed on shape, kept as a leaf module)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "grid", None) is None:
+            self.grid = torch.linspace(0, 1, x.shape[-1])
+        return x + self.grid
+
+
+class CachingNet(nn.Module):
+    """conv -> relu -> conv -> GridCache: the pruned module keeps GridCache as a module
+    (on the output, whose channels are never pruned: a leaf without a rule freezes them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.cache = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), GridCache()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cache(self.b(torch.relu(self.a(x))))
+
+
+def test_reduced_inputs_are_a_32_pixel_crop_then_one_sample() -> None:
+    image, tokens = torch.randn(4, 3, 224, 200), torch.randint(0, 9, (4, 7))
+    crop, sample = reduced_inputs((image, tokens, 0.5))
+    assert shapes_of(crop) == ((1, 3, 32, 32), (1, 7)) and crop[2] == 0.5
+    assert torch.equal(crop[0], image[:1, :, :32, :32])
+    assert shapes_of(sample) == ((1, 3, 224, 200), (1, 7))
+    assert reduced_inputs((torch.randn(1, 3, 32, 32),)) == []  # nothing would shrink
+    assert shapes_of(reduced_inputs((torch.randn(1, 3, 64, 64),))[0]) == ((1, 3, 32, 32),)
+    assert reduced_inputs(([torch.randn(2, 3, 64, 64)],)) == []  # a list of images: left alone
+    assert reduced_inputs((torch.randn(2, 8), torch.randn(3, 8))) == []  # no common batch
+
+
+def test_large_images_are_checked_on_a_32_pixel_crop() -> None:
+    torch.manual_seed(0)
+    model, x = T.randomize_norms(tvm.resnet18(weights=None, num_classes=10)).eval(), \
+        torch.randn(2, 3, 96, 96)
+    res = _run_and_check(model, x, ratio=0.5)
+    assert res.oracle_inputs == ((1, 3, 32, 32),)
+    assert fxprune.verify(model, res, x) <= tolerance(model, x)  # and the full input agrees
+
+
+def test_a_model_that_rejects_the_crop_is_checked_on_its_inputs() -> None:
+    """flatten -> linear with no pooling fixes the spatial size: the crop raises, one
+    uncropped sample decides."""
+    torch.manual_seed(0)
+    model, x = FixedFlatten().eval(), torch.randn(2, 3, 40, 40)
+    res = _run_and_check(model, x, ratio=0.5)
+    assert res.oracle_inputs == ((1, 3, 40, 40),)
+
+
+def test_a_crop_that_proves_nothing_sends_the_check_to_the_inputs() -> None:
+    torch.manual_seed(0)
+    model, x = SizeGated().eval(), torch.randn(2, 3, 64, 64)
+    res = _run_and_check(model, x, ratio=0.5)
+    assert res.oracle_inputs == ((1, 3, 64, 64),)  # one sample, uncropped
+
+
+def test_a_wrong_rewrite_is_judged_on_the_full_inputs(monkeypatch) -> None:
+    torch.manual_seed(0)
+    model, x = T.randomize_norms(tvm.resnet18(weights=None, num_classes=10)).eval(), \
+        torch.randn(1, 3, 64, 64)
+    _break_rewrite_of(monkeypatch, "layer1.0.bn2.weight")
+    with pytest.raises(VerificationError, match="dead-unit oracle"):
+        fxprune.prune(model, x, ratio=0.5)
+
+
+def test_no_forward_of_prune_leaves_a_cache_behind() -> None:
+    """Shape propagation runs the user's GridCache, shrink's constant fix-up and the 32x32
+    crop run the pruned one: none may leave its grid (a 64- or 32-wide one, or a meta one)
+    for the user's next call."""
+    torch.manual_seed(0)
+    model, x = CachingNet().eval(), torch.randn(1, 3, 64, 64)
+    for check in (False, True):
+        res = fxprune.prune(model, x, ratio=0.5, leaf_modules=[GridCache], check=check)
+        assert res.plan.num_removed > 0
+        assert getattr(model.cache, "grid", None) is None  # analysis ran the user's module
+        assert getattr(res.module.cache, "grid", None) is None
+    assert res.oracle_inputs == ((1, 3, 32, 32),)
+    assert res.module(x).shape == (1, 4, 64, 64)  # the user's first call builds its own grid
 
 
 def test_fp16_resnet_passes_with_the_dtype_tolerance() -> None:

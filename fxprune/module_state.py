@@ -19,10 +19,21 @@ _MISSING = object()
 Snapshot = list[tuple[torch.nn.Module, dict]]
 
 
+def _may_cache(cls: type) -> bool:
+    """Whether a forward of this class may write into its attributes: torch's own layers
+    (``torch.nn.modules``) and graph modules do not, so the snapshot skips them (it is
+    taken around every prune, and walking a few hundred modules' dicts cost ~1 ms)."""
+    return not cls.__module__.startswith(_TORCH_OWN)
+
+
+_TORCH_OWN = ("torch.nn.modules.", "torch.fx.graph_module")
+
+
 def snapshot_attributes(model: torch.nn.Module) -> Snapshot:
-    """Each module's plain attributes, with a shallow copy of each dict and list among them."""
+    """Each module's plain attributes, with a shallow copy of each dict and list among them
+    (modules of torch's own layer classes, which cache nothing, are left out)."""
     return [(m, {k: (v, _contents(v)) for k, v in vars(m).items() if k not in _MODULE_STATE})
-            for m in model.modules()]
+            for m in model.modules() if _may_cache(type(m))]
 
 
 def _contents(v: object) -> object:

@@ -138,8 +138,8 @@ def _oracle_diff(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan,
     above it that :func:`rounding_recheck` explains as rounding is returned as the
     float64 difference, or as 0 when only the noise floor could explain it. With
     ``rtol``, the inputs in ``first`` (oracle_inputs.reduced_inputs) are compared first,
-    in order, and the first difference within ``rtol`` is the answer. Returns the difference and the input shapes
-    it was measured on."""
+    in order, and the first difference within ``rtol`` is the answer. Returns the
+    difference and the input shapes it was measured on."""
     dead = zero_removed(model, cg, plan, share_weights=True).eval()
     versions = {name: (t, t._version) for name, t in model.named_parameters()}
     flags = [(m, m.training) for m in pruned.modules()]
@@ -167,8 +167,9 @@ def _oracle_diff(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan,
 def _quick_diff(dead: torch.nn.Module, pruned: torch.nn.Module, inputs: tuple) -> float | None:
     """The difference on reduced inputs, or None where it proves nothing: either module
     raised (a size baked into the graph), or an output is empty or all zeros. Whatever
-    the pruned module's forward cached in its attributes is put back."""
-    state = snapshot_attributes(pruned)
+    either forward cached in module attributes is put back: the pruned module is the
+    user's next, and the oracle runs on the full inputs next if this proves nothing."""
+    state = snapshot_attributes(dead) + snapshot_attributes(pruned)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # size warnings of a crop the user never asked for

@@ -161,6 +161,21 @@ def test_a_wrong_rewrite_is_judged_on_the_full_inputs(monkeypatch) -> None:
         fxprune.prune(model, x, ratio=0.5)
 
 
+class GatedCachingNet(CachingNet):
+    """CachingNet whose output is zero below 48 pixels: the crop proves nothing, so the
+    oracle runs again on the full input, and must not meet the crop's 32-wide grid."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * (x.shape[-1] >= 48)
+
+
+def test_the_oracle_meets_no_cache_of_the_crop_on_the_full_inputs() -> None:
+    torch.manual_seed(0)
+    model, x = GatedCachingNet().eval(), torch.randn(1, 3, 64, 64)
+    res = _run_and_check(model, x, ratio=0.5, leaf_modules=[GridCache])
+    assert res.oracle_inputs == ((1, 3, 64, 64),)
+
+
 def test_no_forward_of_prune_leaves_a_cache_behind() -> None:
     """Shape propagation runs the user's GridCache, shrink's constant fix-up and the 32x32
     crop run the pruned one: none may leave its grid (a 64- or 32-wide one, or a meta one)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["snapshot_attributes", "restore_attributes"]
+__all__ = ["snapshot_attributes", "restore_attributes", "torch_own"]
 
 _MODULE_STATE = ("_parameters", "_buffers", "_modules")
 _MISSING = object()
@@ -19,11 +19,13 @@ _MISSING = object()
 Snapshot = list[tuple[torch.nn.Module, dict]]
 
 
-def _may_cache(cls: type) -> bool:
-    """Whether a forward of this class may write into its attributes: torch's own layers
-    (``torch.nn.modules``) and graph modules do not, so the snapshot skips them (it is
-    taken around every prune, and walking a few hundred modules' dicts cost ~1 ms)."""
-    return not cls.__module__.startswith(_TORCH_OWN)
+def torch_own(cls: type) -> bool:
+    """Whether ``cls`` is one of torch's own layers (``torch.nn.modules``) or graph modules:
+    their forwards write nothing into their attributes, nor into their buffers in eval mode
+    (BatchNorm updates its statistics only in training). The snapshot skips them (it is
+    taken around every prune, and walking a few hundred modules' dicts cost ~1 ms), and
+    the self-check's oracle shares their buffers instead of copying them."""
+    return cls.__module__.startswith(_TORCH_OWN)
 
 
 _TORCH_OWN = ("torch.nn.modules.", "torch.fx.graph_module")
@@ -33,7 +35,7 @@ def snapshot_attributes(model: torch.nn.Module) -> Snapshot:
     """Each module's plain attributes, with a shallow copy of each dict and list among them
     (modules of torch's own layer classes, which cache nothing, are left out)."""
     return [(m, {k: (v, _contents(v)) for k, v in vars(m).items() if k not in _MODULE_STATE})
-            for m in model.modules() if _may_cache(type(m))]
+            for m in model.modules() if not torch_own(type(m))]
 
 
 def _contents(v: object) -> object:

@@ -35,7 +35,7 @@ from torch.utils._pytree import tree_map
 
 from .channel_graph import ChannelGraph
 from .errors import VerificationError
-from .module_state import restore_attributes, snapshot_attributes
+from .module_state import restore_attributes, snapshot_attributes, torch_own
 from .oracle_inputs import reduced_inputs, shapes_of
 from .plan import PruningPlan
 from .rewrite import copy_module, replace_tensor
@@ -74,9 +74,10 @@ def zero_removed(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan, *,
     the model gives a zeroed tensor is pointed at the zeroed copy: the export frontend
     keeps one name per tied tensor (GPT-2's ``lm_head.weight`` is ``wte.weight``).
 
-    ``share_weights``: the parameters with nothing zeroed are the model's own objects,
-    not copies (the self-check's oracle only reads them: copying the weights was a
-    third of its cost on resnet18). Buffers, containers and caches are still copied."""
+    ``share_weights``: the parameters with nothing zeroed, and the buffers of torch's own
+    layers (BatchNorm's statistics, read-only in eval mode), are the model's own objects,
+    not copies (the self-check's oracle only reads them: copying the weights was a third
+    of its cost on resnet18). Other buffers, containers and caches are still copied."""
     dims_of: dict[str, list[tuple[int, np.ndarray]]] = {}
     for (key, d), mask in cg.removed_masks(plan.removed).items():
         if key[0] == "p":
@@ -87,8 +88,9 @@ def zero_removed(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan, *,
     aliases = {key: tuple(dict.fromkeys([*cg.tensor_names[key], *names_of.get(
         id(model.get_parameter(cg.tensor_names[key][0])), ())])) for key in dims_of}
     zeroed = {n for names in aliases.values() for n in names}
-    shared = [t for n, t in model.named_parameters(remove_duplicate=False) if n not in zeroed] \
-        if share_weights else ()
+    shared = [*(t for n, t in model.named_parameters(remove_duplicate=False) if n not in zeroed),
+              *(t for m in model.modules() if torch_own(type(m)) for t in m._buffers.values()
+                if t is not None)] if share_weights else ()
     dead = copy_module(model, skip=zeroed, share=shared)
     with torch.no_grad():
         for key, dims in dims_of.items():

@@ -259,21 +259,53 @@ def _ort_runner(model: bytes, threads: int, spec: LayerSpec | None, batch: int):
 # ---------------------------------------------------------------- alignment
 def detect_alignment(table: Mapping[int, float], candidates: tuple[int, ...] = ALIGNMENTS,
                      eps: float = 0.03, min_share: float = 0.75) -> int:
-    """The channel alignment a latency-vs-width table shows (1 if none).
+    """The channel alignment a latency-vs-width table shows (1 if none): the larger of
+    what its efficient widths and what its jumps show.
 
     A width is *efficient* when it is cheaper, by more than ``eps``, than every wider
     width in the table (the steps of a staircase, the aligned widths of a kernel that
     falls back to a slow path elsewhere). The alignment is the largest candidate that
     divides at least ``min_share`` of the efficient widths at or above it (two at
     least); the widest width of the table is left out, as it is efficient by default.
+
+    A *jump* is a width one channel past which the cost rises far faster than the
+    compute (:func:`_jumps`): ORT CPU's convs along their input channels ramp within a
+    block of 16 and then jump by ~1.8x (resnet18's layer1 conv at batch 32: 20 ms at 16,
+    36 ms at 20), so every width of a ramp is efficient and the first rule sees no
+    alignment there. The alignment is then the largest candidate dividing at least
+    ``min_share`` of the jumps (two at least).
     """
     widths = sorted(table)
     lat = np.array([table[w] for w in widths], dtype=np.float64)
     right_min = np.minimum.accumulate(lat[::-1])[::-1]  # cheapest at this width or wider
     efficient = [w for i, w in enumerate(widths[:-1]) if lat[i] < (1 - eps) * right_min[i + 1]]
+    return max(_dividing(efficient, candidates, min_share),
+               _dividing(_jumps(widths, lat), candidates, min_share))
+
+
+def _dividing(widths: list[int], candidates: tuple[int, ...], min_share: float) -> int:
+    """The largest candidate dividing at least ``min_share`` of ``widths`` at or above it
+    (two at least); 1 if none does."""
     for a in sorted(candidates, reverse=True):
-        pool = [w for w in efficient if w >= a]
+        pool = [w for w in widths if w >= a]
         hits = sum(1 for w in pool if w % a == 0)
         if hits >= 2 and hits >= min_share * len(pool):
             return a
     return 1
+
+
+JUMP_MIN_WIDTH = 8  # below it one more channel is a large share of the compute anyway
+
+
+def _jumps(widths: list[int], lat: np.ndarray) -> list[int]:
+    """Widths ``w`` (of at least ``JUMP_MIN_WIDTH``) where ``w + 1`` and ``w + 2`` channels
+    both cost more than ``1.1 + 2 / w`` times as much: one channel more adds ``1 / w`` of
+    the compute, so such a rise is a kernel changing path, not arithmetic (and one that
+    lasts, not a noisy reading)."""
+    out = []
+    for i in range(len(widths) - 2):
+        w = widths[i]
+        if w >= JUMP_MIN_WIDTH and widths[i + 2] == w + 2 and lat[i] > 0 and \
+                min(lat[i + 1], lat[i + 2]) > (1.1 + 2 / w) * lat[i]:
+            out.append(w)
+    return out

@@ -93,6 +93,35 @@ def test_no_alignment_on_a_smooth_table():
     assert detect_alignment({w: 0.1 + w for w in range(1, 49)}) == 1
 
 
+def test_alignment_of_ramps_that_jump_past_every_16():
+    """ORT CPU's convs along their input channels: the cost ramps within a block of 16 and
+    jumps one channel past it, so every width is efficient and only the jumps show 16."""
+    ramp = {w: 30.0 * (math.ceil(w / 16) - 1) + 1.2 * ((w - 1) % 16 + 1) + 5 for w in range(1, 49)}
+    assert detect_alignment(ramp) == 16
+    spiky = {**ramp, 27: ramp[27] * 1.6}  # one noisy reading is not a jump pattern
+    assert detect_alignment(spiky) == 16
+
+
+def test_alignment_is_the_largest_either_probed_layer_shows():
+    """The heaviest layer's table was too noisy to show steps; the next one's does."""
+    from fxprune.latency_select import _probe_alignments
+    from fxprune.latency_sites import Axis, Site
+    from fxprune.latency_table import LayerSpec
+
+    def site(name: str, macs: int) -> Site:
+        spec = LayerSpec("conv", (("in", 64), ("out", 64)), (("name", name),))
+        return Site(name, spec, [Axis("out", "g", ("p", 0), 1, 64)], macs)
+
+    class Table:
+        def ms(self, spec: LayerSpec) -> float:
+            w = spec.width("out")
+            return 1.0 + w * 1e-3 if spec.attr("name") == "flat" else float(math.ceil(w / 16))
+
+    sites = [site("flat", 200), site("stepped", 100), site("small", 1)]
+    assert _probe_alignments(sites, Table()) == {"conv.out": 16}
+    assert _probe_alignments(sites[:1], Table()) == {"conv.out": 1}
+
+
 # --------------------------------------------------------------- selection
 class StepTable:
     """A synthetic backend: conv cost ceil(in/16) * ceil(out/16) (steps every 16)."""

@@ -14,13 +14,11 @@ Where the crop cannot run, one uncropped sample is tried next. These are fast pa
 never the verdict against the rewrite: the check falls back to the full example
 inputs whenever the reduced comparisons fail, raise (a fixed-size
 flatten -> linear, a positional embedding of the full length, a shape baked into the
-graph) or proves nothing (an empty or all-zero output: a detector with no boxes on a
+graph) or prove nothing (an empty or all-zero output: a detector with no boxes on a
 small crop). Only a reduced comparison within the tolerance ends the check early.
 :func:`fxprune.verify` always compares on the inputs it is given.
 """
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 

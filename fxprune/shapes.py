@@ -19,8 +19,8 @@ from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata, _extract_tensor_metadata
 
-from .module_state import restore_attributes, snapshot_attributes
 from .meta_shapes import fast_function, fast_method, fast_module
+from .module_state import restore_attributes, snapshot_attributes
 
 __all__ = ["propagate_shapes", "MetaInterpreter"]
 

@@ -20,8 +20,8 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from fxprune.channel_graph import ChannelGraph
 from fxprune.errors import ShrinkError
 from fxprune.module_state import restore_attributes, snapshot_attributes
-from fxprune.shapes import MetaInterpreter
 from fxprune.rules.slicing import runtime_bounds
+from fxprune.shapes import MetaInterpreter
 
 from .shrink_modules import new_shape
 

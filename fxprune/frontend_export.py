@@ -144,8 +144,6 @@ def export_graph(model: torch.nn.Module, example_inputs: Any, *, reason: str = "
                         frontend_reason=reason or "frontend='export' requested", modes=modes)
 
 
-
-
 def _shapes_from_export(graph: fx.Graph) -> bool:
     """Shapes read off export's FakeTensors (``node.meta["val"]``), as propagate_shapes
     records them; False (nothing written) if a node that needs one has none."""

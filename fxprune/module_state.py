@@ -1,8 +1,9 @@
 """Snapshot and restore of the plain attributes a forward may write into a module tree.
 
-Two forwards fxprune runs must leave no trace in the modules they run: export's
-fake-tensor forward on the user's model (frontend_export.py), and the self-check's
-forward of the pruned module on a reduced input (oracle_inputs.py). A forward that
+The forwards fxprune runs must leave no trace in the modules they run: export's
+fake-tensor forward and shape propagation on the user's model (frontend_export.py,
+shapes.py), shrink's constant fix-up on the pruned module (passes/shrink_constants.py),
+and the self-check's forwards on a reduced input (verify.py, oracle_inputs.py). A forward that
 caches into ``self`` (Ultralytics' Detect: ``self.anchors = ...``) or into a container
 of its own (timm's TinyViT/LeViT: ``self.attention_bias_cache[device] = ...``) would
 otherwise keep fake tensors, or tensors of the wrong size, for the user's next call.
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["snapshot_attributes", "restore_attributes", "torch_own"]
+__all__ = ["MODULE_STATE", "snapshot_attributes", "restore_attributes", "torch_own"]
 
-_MODULE_STATE = ("_parameters", "_buffers", "_modules")
+MODULE_STATE = ("_parameters", "_buffers", "_modules")  # nn.Module's own dicts, not attributes
 _MISSING = object()
 
 Snapshot = list[tuple[torch.nn.Module, dict]]
@@ -34,7 +35,7 @@ _TORCH_OWN = ("torch.nn.modules.", "torch.fx.graph_module")
 def snapshot_attributes(model: torch.nn.Module) -> Snapshot:
     """Each module's plain attributes, with a shallow copy of each dict and list among them
     (modules of torch's own layer classes, which cache nothing, are left out)."""
-    return [(m, {k: (v, _contents(v)) for k, v in vars(m).items() if k not in _MODULE_STATE})
+    return [(m, {k: (v, _contents(v)) for k, v in vars(m).items() if k not in MODULE_STATE})
             for m in model.modules() if not torch_own(type(m))]
 
 
@@ -46,7 +47,7 @@ def restore_attributes(state: Snapshot) -> None:
     """Put back what :func:`snapshot_attributes` saw: attributes added since are deleted,
     rebound ones rebound, and dicts and lists refilled with their old contents."""
     for m, attrs in state:
-        for k in [k for k in vars(m) if k not in _MODULE_STATE and k not in attrs]:
+        for k in [k for k in vars(m) if k not in MODULE_STATE and k not in attrs]:
             delattr(m, k)
         for k, (v, contents) in attrs.items():
             if vars(m).get(k, _MISSING) is not v:

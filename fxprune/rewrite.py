@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 
 from .module_copy import copy_named, deep_copy_module
+from .module_state import MODULE_STATE
 from .rules.purity import eliminate_dead_pure_nodes
 
 __all__ = ["copy_module", "copy_targets", "submodule", "set_submodule", "replace_tensor", "select", "finish"]
@@ -75,16 +76,13 @@ def finish(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
-_MODULE_STATE = ("_parameters", "_buffers", "_modules")
-
-
 def _copy_memo(module: torch.nn.Module, skip: Iterable[torch.Tensor]) -> dict[int, object]:
     """The deepcopy memo both copies start from: detached copies of cached non-leaf
     tensors, and empty placeholders for the tensors in ``skip``."""
     memo: dict[int, object] = {}
     for m in module.modules():
         for key, value in vars(m).items():
-            if key in _MODULE_STATE:
+            if key in MODULE_STATE:
                 continue
             for t in (value.values() if isinstance(value, dict) else (value,)):
                 if isinstance(t, torch.Tensor) and not t.is_leaf:

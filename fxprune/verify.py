@@ -41,8 +41,8 @@ from .plan import PruningPlan
 from .rewrite import copy_module, replace_tensor
 from .trace import as_tuple
 
-__all__ = ["verify", "check_rewrite", "OracleCheck", "tolerance", "zero_removed", "max_relative_diff",
-           "rounding_recheck"]
+__all__ = ["verify", "check_rewrite", "OracleCheck", "tolerance", "zero_removed",
+           "max_relative_diff", "rounding_recheck"]
 
 FP32_RTOL = 1e-5  # the floor: fp32 rewrites of the zoo stay below it
 EPS_FACTOR = 8  # fp16/bf16: rounding of a few layers' outputs, with a margin of ~10x
@@ -305,8 +305,8 @@ def check_rewrite(model: torch.nn.Module, cg: ChannelGraph, plan: PruningPlan,
 
     It compares on one sample cropped to at most 32x32 first, then on one uncropped sample
     (oracle_inputs.py: channel index maps do not depend on batch or spatial size), and on
-    the full ``example_inputs`` whenever those comparisons fail, raise or prove nothing; a verdict against the
-    rewrite is only ever given on the full inputs.
+    the full ``example_inputs`` whenever those comparisons fail, raise or prove nothing;
+    a verdict against the rewrite is only ever given on the full inputs.
 
     Groups marked ``mixing`` (LayerNorm and the like) are not exact by design, so
     when the plan touches one, the oracle is run on the sub-plan of the plan's
